@@ -1,0 +1,363 @@
+"""Seeded N-step rollout tables: how faithful is the dream, step after step?
+
+    python evaluate.py --dataset data/tetris_test --checkpoint checkpoints/tetris --out results/eval_tetris
+    python evaluate.py --dataset data/tetris_test --checkpoint checkpoints/tetris --checkpoint runs/seed/export \
+        --out results/eval_compare
+
+From seeded start frames of the held-out episodes, each model dreams forward driven by the real
+recorded buttons and is compared with the real frames at each horizon. Beside every model the table
+shows copy-last-latent (its own autoencoder, zero delta), copy-last-frame (nothing moves) and the
+autoencoder oracle (the true future frame encoded and decoded: the ceiling of latent dynamics).
+
+Whole-frame scores on Tetris are nearly saturated (little of the screen moves), so every metric is
+also reported on the changed pixels: where the real future frame differs from the start frame by
+more than --change-threshold. Metrics: L1, SSIM (scikit-image), LPIPS (AlexNet, real ImageNet weights).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from train import (CheckpointError, DatasetError, WorldModel, context_indices, load_frames, load_lpips,
+                   pair_indices, past_actions, rollout, save_figure)
+
+BASELINES = ("copy-last-latent", "copy-last-frame", "autoencoder oracle")
+
+
+# ----------------------------------------------------------------------------- metrics
+def ssim_maps(pred: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) float in [0, 1] -> per-image SSIM (N,) and SSIM maps (N, H, W), scikit-image's."""
+    from skimage.metrics import structural_similarity
+    scores, maps = np.empty(len(pred)), np.empty(pred.shape)
+    for i in range(len(pred)):
+        scores[i], maps[i] = structural_similarity(pred[i], real[i], data_range=1.0, full=True)
+    return scores, maps
+
+
+@torch.no_grad()
+def lpips_distance(model, pred: np.ndarray, real: np.ndarray, batch: int = 256) -> np.ndarray:
+    """(N, H, W) grayscale in [0, 1] -> (N,) LPIPS; gray is repeated to RGB and scaled to [-1, 1]."""
+    out = []
+    for s in range(0, len(pred), batch):
+        p = torch.from_numpy(pred[s:s + batch]).float()[:, None].repeat(1, 3, 1, 1) * 2 - 1
+        r = torch.from_numpy(real[s:s + batch]).float()[:, None].repeat(1, 3, 1, 1) * 2 - 1
+        out.append(model(p, r).flatten())
+    return torch.cat(out).numpy()
+
+
+def frame_metrics(pred: np.ndarray, real: np.ndarray, start: np.ndarray, threshold: float, lpips_model) -> dict:
+    """Per-sample metrics (N,) of predictions against real frames; changed pixels are those where the
+    real frame differs from the start frame by more than threshold (NaN where none changed)."""
+    err = np.abs(pred - real)
+    mask = np.abs(real - start) > threshold
+    n_changed = mask.sum(axis=(1, 2))
+    ssim, maps = ssim_maps(pred, real)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        changed_l1 = np.where(n_changed > 0, (err * mask).sum(axis=(1, 2)) / n_changed, np.nan)
+        changed_ssim = np.where(n_changed > 0, (maps * mask).sum(axis=(1, 2)) / n_changed, np.nan)
+    return {"l1": err.mean(axis=(1, 2)), "ssim": ssim, "lpips": lpips_distance(lpips_model, pred, real),
+            "changed_l1": changed_l1, "changed_ssim": changed_ssim, "changed_frac": mask.mean(axis=(1, 2))}
+
+
+def summarize(per_sample: dict) -> dict:
+    out = {}
+    for k, v in per_sample.items():
+        v = v[~np.isnan(v)]
+        out[k] = float(v.mean()) if len(v) else float("nan")
+        out[k + "_std"] = float(v.std()) if len(v) else float("nan")
+    out["n_with_change"] = int((~np.isnan(per_sample["changed_l1"])).sum())
+    return out
+
+
+# ----------------------------------------------------------------------------- rollouts
+def pick_starts(episodes: np.ndarray, horizon: int, n: int, seed: int) -> np.ndarray:
+    rows = pair_indices(episodes, horizon)
+    if len(rows) == 0:
+        raise DatasetError(f"no episode is longer than {horizon} steps")
+    return np.sort(np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False))
+
+
+def to_numpy(frames: torch.Tensor) -> np.ndarray:
+    return frames.squeeze(1).clamp(0, 1).double().numpy()
+
+
+@torch.no_grad()
+def evaluate_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[int], batch: int = 100):
+    """-> {method: (len(horizons), N, H, W) predicted frames}, real (len(horizons), N, H, W), start (N, H, W)."""
+    H = max(horizons)
+    hi = np.array(horizons) - 1
+    ep_start = cache.episode_start
+    preds = {"model": [], "copy-last-latent": [], "autoencoder oracle": []}
+    for s in range(0, len(starts), batch):
+        rows = starts[s:s + batch]
+        ctx = context_indices(rows, world.history, ep_start)
+        frames = torch.from_numpy(cache.frames[ctx]).float().div(255).unsqueeze(2)  # (B, K, 1, H, W)
+        a_past = torch.from_numpy(past_actions(cache.actions, ctx, ep_start)).float()
+        future = torch.from_numpy(cache.actions[rows[:, None] + np.arange(H)]).float()  # a_t .. a_{t+H-1}
+        z = rollout(world, frames, a_past, future)[:, hi]  # (B, len(h), D)
+        b, nh = z.shape[:2]
+        preds["model"].append(to_numpy(world.decode(z.flatten(0, 1))).reshape(b, nh, *frames.shape[-2:]))
+        z0 = world.encode(frames[:, -1])
+        preds["copy-last-latent"].append(np.repeat(to_numpy(world.decode(z0))[:, None], nh, axis=1))
+        real = torch.from_numpy(cache.frames[rows[:, None] + np.array(horizons)]).float().div(255)
+        oracle = world.decode(world.encode(real.flatten(0, 1)[:, None]))
+        preds["autoencoder oracle"].append(to_numpy(oracle).reshape(b, nh, *frames.shape[-2:]))
+    return {k: np.concatenate(v).transpose(1, 0, 2, 3) for k, v in preds.items()}
+
+
+def real_frames(cache, starts: np.ndarray, horizons: list[int]):
+    real = cache.frames[starts[:, None] + np.array(horizons)].astype(np.float64) / 255
+    return real.transpose(1, 0, 2, 3), cache.frames[starts].astype(np.float64) / 255
+
+
+# ----------------------------------------------------------------------------- reports
+def markdown_table(results: dict, horizons: list[int], threshold: float) -> str:
+    lines = [f"| method | horizon | L1 | SSIM | LPIPS | changed-pixel L1 | changed-pixel SSIM |",
+             "|---|---|---|---|---|---|---|"]
+    for method, per_h in results.items():
+        for h in horizons:
+            r = per_h[str(h)]
+            lines.append(f"| {method} | {h} | {r['l1']:.4f} | {r['ssim']:.3f} | {r['lpips']:.3f} | "
+                         f"{r['changed_l1']:.3f} | {r['changed_ssim']:.3f} |")
+    lines.append(f"\nChanged pixels: |real(t+h) - real(t)| > {threshold} on [0, 1] grayscale; "
+                 f"changed-pixel scores average over the starts where any pixel changed.")
+    return "\n".join(lines)
+
+
+def plot_curves(results: dict, horizons: list[int], path: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = [("changed_l1", "changed-pixel L1 (lower is better)"), ("ssim", "whole-frame SSIM"),
+            ("lpips", "LPIPS (lower is better)")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (key, title) in zip(axes, keys):
+        for method, per_h in results.items():
+            ax.plot(horizons, [per_h[str(h)][key] for h in horizons], marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_xticks(horizons, [str(h) for h in horizons])
+        ax.set_xlabel("steps ahead (30 steps = 1 s)")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_strips(preds: dict, real: np.ndarray, start: np.ndarray, horizons: list[int], path: str, n: int = 3):
+    """For n starts: rows real / each method, columns the start then each horizon."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [("real", real)] + list(preds.items())
+    pick = np.linspace(0, real.shape[1] - 1, n).astype(int)
+    fig, axes = plt.subplots(n * len(rows), len(horizons) + 1, figsize=(1.6 * (len(horizons) + 1), 1.6 * n * len(rows)))
+    for k, i in enumerate(pick):
+        for j, (name, frames) in enumerate(rows):
+            r = k * len(rows) + j
+            axes[r, 0].imshow(start[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            axes[r, 0].set_ylabel(name, fontsize=7)
+            for c, h in enumerate(horizons):
+                axes[r, c + 1].imshow(frames[c, i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                if r == 0:
+                    axes[r, c + 1].set_title(f"t+{h}", fontsize=8)
+            if r == 0:
+                axes[r, 0].set_title("start t", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def no_action_report(world: WorldModel, cache, starts: np.ndarray) -> dict:
+    """Predicted one-step pixel change with all buttons released vs with the real buttons, beside the
+    real game's change over steps where no button was held and where one was."""
+    ep_start = cache.episode_start
+    ctx = context_indices(starts, world.history, ep_start)
+    frames = torch.from_numpy(cache.frames[ctx]).float().div(255).unsqueeze(2)
+    a_past = torch.from_numpy(past_actions(cache.actions, ctx, ep_start)).float()
+    base = world.decode(world.encode(frames[:, -1]))
+    out = {}
+    for name, act in (("no buttons", torch.zeros(len(starts), 8)),
+                      ("recorded buttons", torch.from_numpy(cache.actions[starts]).float())):
+        z = rollout(world, frames, a_past, act[:, None])[:, 0]
+        out[f"model, {name}: mean |pixel change|"] = float((world.decode(z) - base).abs().mean())
+    pairs = pair_indices(cache.episodes)
+    idle = pairs[cache.actions[pairs].sum(1) == 0]
+    busy = pairs[cache.actions[pairs].sum(1) > 0]
+    change = lambda r: float(np.abs(cache.frames[r + 1].astype(np.float64) - cache.frames[r]).mean() / 255)
+    out["real game, no buttons: mean |pixel change|"] = change(idle)
+    out["real game, buttons held: mean |pixel change|"] = change(busy)
+    return out
+
+
+def load_ram(dataset: str) -> np.ndarray:
+    """(N, 2048) uint8 RAM snapshots, in the cache's (episode, step) row order."""
+    from train import open_dataset
+    ds = open_dataset(dataset)
+    if "ram" not in ds.column_names:
+        raise DatasetError(f"{dataset}: no 'ram' column; the autoencoder edge cases need collect.py's RAM snapshots")
+    cols = ds.select_columns(["episode_id", "step", "ram"])
+    order = np.lexsort((np.asarray(cols["step"]), np.asarray(cols["episode_id"])))
+    ram = np.frombuffer(b"".join(cols["ram"]), dtype=np.uint8).reshape(len(cols), -1)
+    return ram[order]
+
+
+def edge_cases(cache, ram: np.ndarray) -> list[tuple[str, int]]:
+    """Rows showing the situations an autoencoder must survive, found from the game's RAM."""
+    import collect as C
+    mode, state = ram[:, C.GAME_MODE], ram[:, C.PLAY_STATE]
+    board = ram[:, C.BOARD:C.BOARD + 200] != C.EMPTY
+    filled = board.sum(1)
+    playing = (mode == C.PLAYING) & (state != C.GAME_OVER)
+    picks = []
+    add = lambda name, rows: picks.append((name, int(rows[len(rows) // 2]))) if len(rows) else None
+    add("empty board", np.flatnonzero(playing & (filled == 0) & (state == C.FALLING)))
+    full = np.flatnonzero(playing)
+    if len(full):
+        picks.append((f"fullest board ({filled[full].max()} cells)", int(full[np.argmax(filled[full])])))
+    falling = np.flatnonzero(playing & (state == C.FALLING) & (ram[:, C.PIECE_Y] > 4))
+    seen = set()
+    for r in falling[np.random.default_rng(0).permutation(len(falling))]:
+        o = ram[r, C.ORIENTATION]
+        if o not in seen and len(seen) < 5:
+            seen.add(o)
+            picks.append((f"piece {o} at x={ram[r, C.PIECE_X]}, y={ram[r, C.PIECE_Y]}", int(r)))
+    over = np.flatnonzero((mode == C.PLAYING) & (state == C.GAME_OVER))
+    if len(over):
+        picks.append(("game over", int(over[min(len(over) - 1, 25)])))
+    add("title screen", np.flatnonzero(mode == 1))
+    add("level menu", np.flatnonzero(mode == 3))
+    for level in np.unique(ram[playing, C.LEVEL])[:6]:
+        add(f"level {level}", np.flatnonzero(playing & (ram[:, C.LEVEL] == level) & (filled > 20)))
+    return picks
+
+
+@torch.no_grad()
+def autoencoder_figures(world: WorldModel, cache, dataset: str, prefix: str, seed: int):
+    """16 random frames beside their reconstructions, and the edge cases, as PNGs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def recon(rows):
+        frames = torch.from_numpy(cache.frames[rows]).float().div(255)[:, None]
+        return cache.frames[rows], to_numpy(world.decode(world.encode(frames)))
+
+    def grid(rows, titles, path, cols=4):
+        orig, rec = recon(np.array(rows))
+        n = len(rows)
+        r = (n + cols - 1) // cols
+        fig, axes = plt.subplots(r, 2 * cols, figsize=(2.2 * 2 * cols, 2.4 * r))
+        for ax in axes.flat:
+            ax.axis("off")
+        for i in range(n):
+            a, b = axes.flat[2 * i], axes.flat[2 * i + 1]
+            a.imshow(orig[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            b.imshow(rec[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            a.set_title(titles[i], fontsize=7)
+            b.set_title(f"reconstruction (L1 {np.abs(orig[i] / 255 - rec[i]).mean():.4f})", fontsize=7)
+        fig.tight_layout()
+        save_figure(fig, path)
+        plt.close(fig)
+
+    rows = np.sort(np.random.default_rng(seed).choice(len(cache.frames), 16, replace=False))
+    grid(rows, [f"original, row {r}" for r in rows], prefix + "_reconstructions.png")
+    picks = edge_cases(cache, load_ram(dataset))
+    grid([r for _, r in picks], [name for name, _ in picks], prefix + "_edge_cases.png")
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="data/tetris_test", help="held-out dataset (never used in training)")
+    p.add_argument("--checkpoint", action="append", default=None,
+                   help="directory holding autoencoder.pt and dynamics.pt; repeat to compare models")
+    p.add_argument("--starts", type=int, default=200, help="number of seeded start frames")
+    p.add_argument("--horizons", type=int, nargs="+", default=[1, 5, 10, 30, 60], help="steps ahead to score")
+    p.add_argument("--seed", type=int, default=0, help="seed for the start frames; same seed, same numbers")
+    p.add_argument("--change-threshold", type=float, default=0.1, help="a pixel changed if it moved more than this")
+    p.add_argument("--out", default="results/eval", help="writes OUT.md, OUT.json and OUT_*.png")
+    p.add_argument("--cache-dir", default=".cache", help="where decoded frames are cached")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    p.add_argument("--autoencoder-figures", action="store_true",
+                   help="also write OUT_reconstructions.png and OUT_edge_cases.png (needs the dataset's RAM column)")
+    args = p.parse_args(argv)
+    args.checkpoint = args.checkpoint or ["checkpoints/tetris"]
+    if min(args.horizons) < 1:
+        p.error("--horizons must be >= 1")
+    args.horizons = sorted(set(args.horizons))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    try:
+        worlds = {os.path.normpath(c): WorldModel.load(c) for c in args.checkpoint}
+        first = next(iter(worlds.values()))
+        cache = load_frames(args.dataset, first.image_size, args.cache_dir)
+        starts = pick_starts(cache.episodes, max(args.horizons), args.starts, args.seed)
+    except (CheckpointError, DatasetError) as e:
+        raise SystemExit(f"error: {e}")
+    lpips_model = load_lpips("alex")
+    real, start = real_frames(cache, starts, args.horizons)
+    results, strips = {}, {}
+    copy_frame = np.repeat(start[None], len(args.horizons), axis=0)
+    for name, world in worlds.items():
+        preds = evaluate_world(world, cache, starts, args.horizons)
+        tag = f" ({name})" if len(worlds) > 1 else ""
+        for method in ("model", "copy-last-latent", "autoencoder oracle"):
+            results[method + tag] = {str(h): summarize(frame_metrics(preds[method][i], real[i], start,
+                                                                     args.change_threshold, lpips_model))
+                                     for i, h in enumerate(args.horizons)}
+        strips["model" + tag] = preds["model"]
+    results["copy-last-frame"] = {str(h): summarize(frame_metrics(copy_frame[i], real[i], start,
+                                                                  args.change_threshold, lpips_model))
+                                  for i, h in enumerate(args.horizons)}
+    order = [m for m in results if m.startswith("model")] + [m for m in results if not m.startswith("model")]
+    results = {m: results[m] for m in order}
+    no_action = {name: no_action_report(world, cache, starts) for name, world in worlds.items()}
+
+    table = markdown_table(results, args.horizons, args.change_threshold)
+    command = "python " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+    header = (f"# Rollout evaluation\n\n`{command}`\n\n{len(starts)} seeded starts (seed {args.seed}) from "
+              f"{len(np.unique(cache.episodes[starts]))} held-out episodes of `{args.dataset}` "
+              f"(fingerprint {cache.fingerprint}), driven by the recorded buttons.\n\n")
+    notes = "\n\n## No-action check (one step from the same starts)\n\n" + "\n".join(
+        f"- {name}: " + "; ".join(f"{k} {v:.5f}" for k, v in r.items()) for name, r in no_action.items())
+    print(table + notes)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    payload = {"command": command, "dataset": args.dataset, "dataset_fingerprint": cache.fingerprint,
+               "checkpoints": {n: {"autoencoder_hash": w.autoencoder_hash} for n, w in worlds.items()},
+               "seed": args.seed, "starts": len(starts), "horizons": args.horizons,
+               "change_threshold": args.change_threshold, "results": results, "no_action": no_action,
+               "seconds": time.time() - t0}
+    for path, text in ((args.out + ".md", header + table + notes + "\n"),
+                       (args.out + ".json", json.dumps(payload, indent=1))):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    if not args.no_plots:
+        plot_curves(results, args.horizons, args.out + "_curves.png")
+        plot_strips(strips | {"copy-last-latent": preds["copy-last-latent"]}, real, start, args.horizons,
+                    args.out + "_rollouts.png")
+    if args.autoencoder_figures:
+        autoencoder_figures(first, cache, args.dataset, args.out, args.seed)
+    print(f"\nwrote {args.out}.md, {args.out}.json" + ("" if args.no_plots else " and plots")
+          + f" in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

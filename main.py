@@ -1,0 +1,296 @@
+"""Play NES Tetris inside the neural network.
+
+    python main.py                                   # window, shipped checkpoints, 30 FPS
+    python main.py --headless --frames 300 --actions random --record results/play.gif
+    python main.py --benchmark                        # model-only and full-loop FPS on this machine
+    python main.py --headless --frames 18000 --actions random --stats results/stability   # 10 minutes
+
+Keys: arrows = D-pad, X = A, Z = B, Enter = START, Right Shift = SELECT, R = reset, Esc = quit.
+Each frame: z_{t+1} = z_t + dynamics(last latents, buttons) -> decode -> upscale -> display. Where no
+display is available it says so and runs headless.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from collect import ACTION_NAMES, RandomPolicy, keys_to_action
+from train import CheckpointError, WorldModel, load_frames, save_figure
+
+HELP = "arrows move  X=A  Z=B  Enter=START  RShift=SELECT  R=reset  Esc=quit"
+WIDTH, HEIGHT, BAR = 512, 480, 44  # the NES's 256x240 aspect, doubled, plus a status bar
+
+
+# ----------------------------------------------------------------------------- the network as a game
+class NeuralTetris:
+    """The world model behind a game-like interface: reset() and step(buttons) return uint8 frames."""
+
+    def __init__(self, world: WorldModel, start: str = "play", compile_model: bool = False):
+        self.world, self.start_name = world, start
+        if compile_model:
+            world.dynamics = torch.compile(world.dynamics)
+            world.autoencoder.decoder = torch.compile(world.autoencoder.decoder)
+        self.state = None
+
+    def reset(self) -> np.ndarray:
+        self.state = self.world.start(self.start_name)
+        return self._show(self.state[0][:, -1])
+
+    @torch.no_grad()
+    def step(self, action: np.ndarray) -> np.ndarray:
+        self.state, z = self.world.step(self.state, torch.as_tensor(action, dtype=torch.float32)[None])
+        return self._show(z)
+
+    def _show(self, z) -> np.ndarray:
+        frame = self.world.decode(z)[0, 0]
+        return (frame.clamp(0, 1) * 255).round().byte().cpu().numpy()  # (H, W) uint8
+
+
+# ----------------------------------------------------------------------------- action sources
+def action_source(spec: str | None, seed: int):
+    """None (keyboard), 'random' (seeded random buttons) or a file of 8-int rows (.npy, .json, .txt)."""
+    if spec is None:
+        return None
+    if spec == "random":
+        policy = RandomPolicy(np.random.default_rng(seed))
+        return lambda t: policy(None)
+    if not os.path.isfile(spec):
+        raise SystemExit(f"error: --actions {spec}: no such file (use 'random' or a .npy/.json/.txt of 8-int rows)")
+    if spec.endswith(".npy"):
+        actions = np.load(spec)
+    elif spec.endswith(".json"):
+        with open(spec) as f:
+            actions = np.array(json.load(f))
+    else:
+        actions = np.loadtxt(spec, ndmin=2)
+    if actions.ndim != 2 or actions.shape[1] != 8 or not np.isin(actions, (0, 1)).all():
+        raise SystemExit(f"error: --actions {spec}: need rows of 8 values of 0 or 1 ({', '.join(ACTION_NAMES)}), "
+                         f"got shape {actions.shape}")
+    actions = actions.astype(np.uint8)
+    return lambda t: actions[t % len(actions)]
+
+
+def display_available() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("win32", "darwin")
+
+
+# ----------------------------------------------------------------------------- the pygame loop
+class Game:
+    """A plain pygame loop: knows frames, keys and clocks, nothing about how the model was trained."""
+
+    def __init__(self, env: NeuralTetris, headless: bool, fps: int):
+        if headless:
+            os.environ["SDL_VIDEODRIVER"] = "dummy"
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+        import pygame
+        self.pg = pygame
+        pygame.init()
+        self.screen = pygame.display.set_mode((WIDTH, HEIGHT + BAR))
+        pygame.display.set_caption("Neural NES Tetris")
+        self.font = pygame.font.Font(None, 20)
+        self.env, self.fps, self.headless = env, fps, headless
+        self.clock = pygame.time.Clock()
+
+    def draw(self, frame: np.ndarray, status: str):
+        pg = self.pg
+        gray = np.repeat(frame.T[:, :, None], 3, axis=2)  # surfarray is (W, H, 3)
+        surf = pg.transform.scale(pg.surfarray.make_surface(gray), (WIDTH, HEIGHT))
+        self.screen.blit(surf, (0, 0))
+        self.screen.fill((20, 20, 20), (0, HEIGHT, WIDTH, BAR))
+        self.screen.blit(self.font.render(status, True, (230, 230, 120)), (6, HEIGHT + 4))
+        self.screen.blit(self.font.render(HELP, True, (200, 200, 200)), (6, HEIGHT + 24))
+        pg.display.flip()
+
+    def run(self, frames: int | None, actions=None, record=None, on_frame=None) -> dict:
+        pg = self.pg
+        frame = self.env.reset()
+        t, fps, shown, t0 = 0, 0.0, [], time.perf_counter()
+        while frames is None or t < frames:
+            reset = False
+            for event in pg.event.get():
+                if event.type == pg.QUIT or (event.type == pg.KEYDOWN and event.key == pg.K_ESCAPE):
+                    frames = t
+                elif event.type == pg.KEYDOWN and event.key == pg.K_r:
+                    reset = True
+            if frames is not None and t >= frames:
+                break
+            action = actions(t) if actions else keys_to_action(pg.key.get_pressed(), pg)
+            frame = self.env.reset() if reset else self.env.step(action)
+            pressed = " ".join(n for n, b in zip(ACTION_NAMES, action) if b) or "-"
+            self.draw(frame, f"{fps:5.1f} FPS   frame {t}   buttons: {pressed}")
+            if record is not None:
+                record.append(pg.surfarray.array3d(self.screen).swapaxes(0, 1)[::2, ::2].copy())
+            if on_frame:
+                on_frame(t, frame)
+            if self.fps:
+                self.clock.tick(self.fps)
+            else:
+                self.clock.tick()
+            fps = self.clock.get_fps()
+            t += 1
+        elapsed = time.perf_counter() - t0
+        pg.quit()
+        return {"frames": t, "seconds": elapsed, "fps": t / max(elapsed, 1e-9)}
+
+
+def write_gif(frames: list, path: str, fps: int = 30):
+    from PIL import Image
+    if not path.lower().endswith(".gif"):
+        raise SystemExit(f"error: --record {path}: only .gif is supported")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    images = [Image.fromarray(f).convert("P", palette=Image.ADAPTIVE, colors=64) for f in frames]
+    tmp = f"{path}.tmp-{os.getpid()}.gif"
+    images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- stability and speed
+class FrameStats:
+    """Per-frame brightness, contrast and NaNs over a long headless run, with sampled frames."""
+
+    def __init__(self, sample_seconds=(0, 60, 600), steps_per_second: int = 30):
+        self.mean, self.std, self.samples = [], [], {}
+        self.sample_at = {int(s * steps_per_second): s for s in sample_seconds}
+
+    def __call__(self, t: int, frame: np.ndarray):
+        f = frame.astype(np.float64) / 255
+        self.mean.append(float(f.mean()))
+        self.std.append(float(f.std()))
+        if t in self.sample_at:
+            self.samples[self.sample_at[t]] = frame.copy()
+
+    def report(self, prefix: str, reference: dict | None) -> dict:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        secs = np.arange(len(self.mean)) / 30
+        fig, ax = plt.subplots(1, 2, figsize=(11, 3.4))
+        for a, series, name in ((ax[0], self.mean, "brightness (frame mean)"), (ax[1], self.std, "contrast (frame std)")):
+            a.plot(secs, series, lw=0.6, label="neural play")
+            if reference:
+                lo, hi = reference[name.split()[0]]
+                a.axhspan(lo, hi, color="g", alpha=0.15, label="real frames (0.5-99.5 percentile)")
+            a.set_xlabel("seconds of play (30 frames/s)")
+            a.set_title(name, fontsize=10)
+            a.legend(fontsize=7)
+        fig.tight_layout()
+        save_figure(fig, prefix + "_stats.png")
+        plt.close(fig)
+        if self.samples:
+            fig, axes = plt.subplots(1, len(self.samples), figsize=(3 * len(self.samples), 3.2))
+            for a, (s, frame) in zip(np.atleast_1d(axes), sorted(self.samples.items())):
+                a.imshow(frame, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+                a.set_title(f"{s} s", fontsize=10)
+                a.axis("off")
+            fig.tight_layout()
+            save_figure(fig, prefix + "_frames.png")
+            plt.close(fig)
+        m, s = np.array(self.mean), np.array(self.std)
+        out = {"frames": len(m), "nan_frames": int(np.isnan(m).sum()),
+               "brightness": [float(m.min()), float(m.max())], "contrast": [float(s.min()), float(s.max())],
+               "reference": reference}
+        if reference:
+            inside = lambda x, r: float(((x >= r[0]) & (x <= r[1])).mean())
+            out["brightness_inside_real_range"] = inside(m, reference["brightness"])
+            out["contrast_inside_real_range"] = inside(s, reference["contrast"])
+        return out
+
+
+def reference_ranges(dataset: str, image_size: int) -> dict | None:
+    """Brightness and contrast ranges of real frames, from a recorded dataset, if there is one."""
+    if not dataset or not os.path.exists(dataset):
+        return None
+    frames = load_frames(dataset, image_size).frames[::10].astype(np.float64) / 255
+    m, s = frames.mean(axis=(1, 2)), frames.std(axis=(1, 2))
+    return {"brightness": [float(np.percentile(m, 0.5)), float(np.percentile(m, 99.5))],
+            "contrast": [float(np.percentile(s, 0.5)), float(np.percentile(s, 99.5))]}
+
+
+def benchmark(env: NeuralTetris, args) -> dict:
+    """Model-only FPS (dynamics step + decode) and full-loop FPS (plus upscale and blit), uncapped."""
+    rng = np.random.default_rng(0)
+    env.reset()
+    actions = (rng.random((args.frames + 20, 8)) < 0.1).astype(np.uint8)
+    for a in actions[:20]:  # warm-up (and compilation, if on)
+        env.step(a)
+    t0 = time.perf_counter()
+    for a in actions[20:]:
+        env.step(a)
+    model_fps = args.frames / (time.perf_counter() - t0)
+    loop = Game(env, headless=True, fps=0).run(args.frames, actions=lambda t: actions[t])
+    return {"model_only_fps": model_fps, "full_loop_fps": loop["fps"], "frames": args.frames,
+            "torch_threads": torch.get_num_threads(), "device": str(env.world.device)}
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="checkpoints/tetris", help="directory with autoencoder.pt and dynamics.pt")
+    p.add_argument("--start", default="play", help="start context shipped with the checkpoint")
+    p.add_argument("--headless", action="store_true", help="no window (SDL dummy driver)")
+    p.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: until Esc; 300 headless)")
+    p.add_argument("--actions", default=None, help="'random' or a .npy/.json/.txt of 8-int rows (default: keyboard; random headless)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --actions random")
+    p.add_argument("--fps", type=int, default=None, help="frame cap; 0 = as fast as possible (default: 30 in a window, 0 headless)")
+    p.add_argument("--record", default=None, help="write what was shown to this .gif")
+    p.add_argument("--stats", default=None, metavar="PREFIX",
+                   help="write frame statistics over time (PREFIX_stats.png/.json) and frames at 0/60/600 s")
+    p.add_argument("--reference", default="data/tetris_train", help="dataset whose real frames give the --stats ranges")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile: auto = on CUDA only")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--benchmark", action="store_true", help="print model-only and full-loop FPS and exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.headless and not args.benchmark and not display_available():
+        print("main.py: no display found (DISPLAY is not set): running headless instead; "
+              "pass --record out.gif to see what was played")
+        args.headless = True
+    if args.headless or args.benchmark:
+        args.frames = args.frames or 300
+        args.actions = args.actions or "random"
+    if args.fps is None:
+        args.fps = 0 if args.headless else 30
+    try:
+        world = WorldModel.load(args.checkpoint, device=args.device)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    compile_model = args.compile == "on" or (args.compile == "auto" and args.device.startswith("cuda"))
+    try:
+        env = NeuralTetris(world, args.start, compile_model)
+    except KeyError as e:
+        raise SystemExit(f"error: --start: {e.args[0]}")
+    if args.benchmark:
+        result = benchmark(env, args)
+        print(json.dumps(result, indent=1))
+        return result
+    stats = FrameStats() if args.stats else None
+    recorded = [] if args.record else None
+    result = Game(env, args.headless, args.fps).run(args.frames, action_source(args.actions, args.seed),
+                                                    recorded, stats)
+    print(f"played {result['frames']} frames in {result['seconds']:.1f} s ({result['fps']:.1f} FPS, "
+          f"{'headless' if args.headless else 'window'})")
+    if recorded:
+        write_gif(recorded, args.record)
+        print(f"wrote {args.record}")
+    if stats:
+        report = stats.report(args.stats, reference_ranges(args.reference, world.image_size))
+        report |= {"fps": result["fps"], "command": "python " + " ".join(["main.py"] + sys.argv[1:])}
+        with open(args.stats + "_stats.json", "w") as f:
+            json.dump(report, f, indent=1)
+        print(json.dumps(report, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

