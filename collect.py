@@ -527,7 +527,7 @@ def benchmark(args):
     many = rows_w / (time.time() - t)
     print(f"raw cynes stepping, 1 process:          {raw:7.0f} frames/s  ({raw / args.frame_skip:.0f} steps/s at frame skip {args.frame_skip})")
     print(f"recording (bot, PNG, RAM), 1 process:   {one:7.0f} steps/s   ({one * args.frame_skip:.0f} emulated frames/s)")
-    print(f"recording, {args.workers} worker processes:       {many:7.0f} steps/s   ({many * args.frame_skip:.0f} emulated frames/s)")
+    print(f"recording, {args.workers} worker processes:      {many:7.0f} steps/s   ({many * args.frame_skip:.0f} emulated frames/s)")
 
 
 # ----------------------------------------------------------------------------- main

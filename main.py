@@ -155,9 +155,11 @@ def write_gif(frames: list, path: str, fps: int = 30):
 class FrameStats:
     """Per-frame brightness, contrast and NaNs over a long headless run, with sampled frames."""
 
-    def __init__(self, sample_seconds=(0, 60, 600), steps_per_second: int = 30):
+    def __init__(self, frames: int, sample_seconds=(0, 60, 600), steps_per_second: int = 30):
         self.mean, self.std, self.samples = [], [], {}
-        self.sample_at = {int(s * steps_per_second): s for s in sample_seconds}
+        # the last sample lands on the last frame played (frame 18000 of a 10-minute run is t = 17999)
+        self.sample_at = {min(int(s * steps_per_second), frames - 1): s for s in sample_seconds
+                          if s * steps_per_second <= frames}
 
     def __call__(self, t: int, frame: np.ndarray):
         f = frame.astype(np.float64) / 255
@@ -274,7 +276,7 @@ def main(argv=None):
         result = benchmark(env, args)
         print(json.dumps(result, indent=1))
         return result
-    stats = FrameStats() if args.stats else None
+    stats = FrameStats(args.frames or 10**9) if args.stats else None
     recorded = [] if args.record else None
     result = Game(env, args.headless, args.fps).run(args.frames, action_source(args.actions, args.seed),
                                                     recorded, stats)

@@ -870,19 +870,17 @@ def dynamics_loss(model, z_hist, a_hist, future_actions, targets, context_noise:
     return total / targets.shape[1]
 
 
-def pick_starts(cache: FrameCache, history: int, rams=None) -> dict:
-    """Real start contexts to ship with the model: the first frame of play (repeated as at an episode
-    start), and, when the data has power-on episodes, the title screen."""
-    starts = {}
-    first_rows = np.flatnonzero(np.r_[True, cache.episodes[1:] != cache.episodes[:-1]])
-    row = int(first_rows[0])
-    for r in first_rows:  # an episode that starts at play: the frame differs from a power-on black screen
-        if cache.frames[r].mean() > 20:
-            row = int(r)
-            break
-    starts["play"] = {"frames": torch.from_numpy(np.repeat(cache.frames[row:row + 1], history, 0)),
-                      "actions": torch.zeros(history, 8, dtype=torch.uint8)}
-    return starts
+def pick_starts(cache: FrameCache, history: int, static_frame: np.ndarray) -> dict:
+    """A real start context to ship with the model: the first frame of play (empty board, first
+    piece), repeated as at an episode start. Episodes open on a blank backdrop (the PPU is off while
+    the game sets up) or on the power-on screens, so take, among each episode's first 30 steps, the
+    frame closest to the static game screen."""
+    offsets = np.arange(len(cache.episodes)) - cache.episode_start
+    rows = np.flatnonzero(offsets < 30)
+    distance = np.abs(cache.frames[rows].astype(np.float32) - static_frame.astype(np.float32)).mean(axis=(1, 2))
+    row = int(rows[np.argmin(distance)])
+    return {"play": {"frames": torch.from_numpy(np.repeat(cache.frames[row:row + 1], history, 0)),
+                     "actions": torch.zeros(history, 8, dtype=torch.uint8)}}
 
 
 def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_extra: dict, out: str):
@@ -956,7 +954,7 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         model.load_state_dict(best[2])
         print(f"dynamics: keeping epoch {best[1]}, the best validation loss ({best[0]:.5f})")
     model.eval()
-    extra = {"autoencoder_hash": ae_extra["hash"], "starts": pick_starts(cache, cfg.history),
+    extra = {"autoencoder_hash": ae_extra["hash"], "starts": pick_starts(cache, cfg.history, np.asarray(ae_extra["static_frame"])),
              "best_epoch": best[1], "val_loss": best[0]}
     save_checkpoint(os.path.join(out, "dynamics.pt"), "dynamics", cfg, model, **extra)
     return model, extra
