@@ -301,6 +301,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     t0 = time.time()
@@ -331,7 +332,7 @@ def main(argv=None):
     no_action = {name: no_action_report(world, cache, starts) for name, world in worlds.items()}
 
     table = markdown_table(results, args.horizons, args.change_threshold)
-    command = "python " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+    command = "python evaluate.py " + " ".join(argv)
     header = (f"# Rollout evaluation\n\n`{command}`\n\n{len(starts)} seeded starts (seed {args.seed}) from "
               f"{len(np.unique(cache.episodes[starts]))} held-out episodes of `{args.dataset}` "
               f"(fingerprint {cache.fingerprint}), driven by the recorded buttons.\n\n")

@@ -287,7 +287,7 @@ def main(argv=None):
         print(f"wrote {args.record}")
     if stats:
         report = stats.report(args.stats, reference_ranges(args.reference, world.image_size))
-        report |= {"fps": result["fps"], "command": "python " + " ".join(["main.py"] + sys.argv[1:])}
+        report |= {"fps": result["fps"], "command": "python main.py " + " ".join(sys.argv[1:] if argv is None else argv)}
         with open(args.stats + "_stats.json", "w") as f:
             json.dump(report, f, indent=1)
         print(json.dumps(report, indent=1))

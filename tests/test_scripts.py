@@ -35,7 +35,7 @@ def test_seeded_evaluation_gives_identical_numbers(tiny_dataset, tiny_run, tmp_p
     assert os.path.exists(str(tmp_path / "a") + ".md") and os.path.exists(str(tmp_path / "a") + "_curves.png")
 
 
-def test_copy_last_frame_is_perfect_where_nothing_changed(tiny_dataset, tiny_run, tmp_path):
+def test_identical_frames_score_perfectly_and_have_no_changed_pixels():
     # a horizon-0 sanity check through the metric itself: identical frames score L1 0, SSIM 1
     frames = np.random.default_rng(0).random((3, 80, 80))
     m = evaluate.frame_metrics(frames, frames, frames, 0.1, evaluate.load_lpips("alex"))
@@ -48,8 +48,11 @@ def test_ssim_matches_scikit_image_per_image():
     rng = np.random.default_rng(1)
     a, b = rng.random((2, 80, 80)), rng.random((2, 80, 80))
     scores, maps = evaluate.ssim_maps(a, b)
-    assert np.isclose(scores[1], structural_similarity(a[1], b[1], data_range=1.0))
-    assert np.isclose(maps[0].mean(), scores[0])
+    for i in range(2):
+        expected, expected_map = structural_similarity(a[i], b[i], data_range=1.0, full=True)
+        assert np.isclose(scores[i], expected) and np.allclose(maps[i], expected_map)
+    same, same_map = evaluate.ssim_maps(a, a)
+    assert np.allclose(same, 1) and np.allclose(same_map, 1)
 
 
 def test_headless_play_records_a_gif(tiny_run, tmp_path):
