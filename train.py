@@ -757,6 +757,17 @@ def _resume_state(path: str, cfg: Config, stage_keys: list[str]):
     return state
 
 
+def cosine_schedule(opt, epochs: int, lr: float, start_epoch: int):
+    """Cosine decay to 5% of lr over the run, fast-forwarded to start_epoch when resuming."""
+    import warnings
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=lr * 0.05)
+    with warnings.catch_warnings():  # stepping before any optimizer step is the point of fast-forwarding
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start_epoch):
+            sched.step()
+    return sched
+
+
 AE_KEYS = ["dataset", "seed", "image_size", "val_frac", "ae_arch", "latent_dim", "latent_channels", "ae_width",
            "change_weight", "ae_lr", "batch_size", "ae_samples_per_epoch"]
 DYN_KEYS = AE_KEYS + ["dynamics", "history", "hidden", "dyn_lr", "unroll", "context_noise", "dyn_samples_per_epoch"]
@@ -780,9 +791,7 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
         opt.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
         print(f"resuming the autoencoder from epoch {start_epoch} ({state_path})")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.ae_epochs), eta_min=cfg.ae_lr * 0.05)
-    for _ in range(start_epoch):
-        sched.step()
+    sched = cosine_schedule(opt, cfg.ae_epochs, cfg.ae_lr, start_epoch)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"autoencoder {cfg.ae_arch}: {n_params / 1e6:.2f}M parameters, latent {model.latent_shape}, "
           f"{len(train_rows)} training / {len(val_rows)} validation frames")
@@ -906,9 +915,7 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         start_epoch = state["epoch"]
         best = (state["best_val"], state["best_epoch"], state["best_model"])
         print(f"resuming the dynamics from epoch {start_epoch} ({state_path})")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.dyn_epochs), eta_min=cfg.dyn_lr * 0.05)
-    for _ in range(start_epoch):
-        sched.step()
+    sched = cosine_schedule(opt, cfg.dyn_epochs, cfg.dyn_lr, start_epoch)
     episode_start = cache.episode_start
     n_params = sum(p.numel() for p in model.parameters())
     print(f"dynamics {cfg.dynamics}: {n_params / 1e6:.2f}M parameters, latent {latent_dim}, history {cfg.history}, "
