@@ -26,7 +26,9 @@ data: venv
 	$(PY) collect.py --episodes 20 --max-steps 1200 --seed 1000 --out data/tetris_test
 
 train: venv
-	$(PY) train.py --config configs/tetris.yaml --dataset data/tetris_train --export checkpoints/tetris
+	$(PY) train.py --config configs/tetris.yaml --dataset data/tetris_train
+	mkdir -p runs/tetris_ft && cp runs/tetris/autoencoder.pt runs/tetris_ft/
+	$(PY) train.py --config configs/tetris_finetune.yaml --dataset data/tetris_train --stage dynamics --export checkpoints/tetris
 
 evaluate: venv
 	$(PY) evaluate.py --dataset data/tetris_test --checkpoint checkpoints/tetris --out results/eval_tetris

@@ -61,6 +61,7 @@ class Config:
     unroll: int = 1                    # train on the summed loss of this many self-fed steps (1 = one-step delta MSE)
     context_noise: float = 0.0         # std of noise added to past latents while training (robustness to own errors)
     dyn_samples_per_epoch: int = 0     # pairs drawn per epoch (0 = every training pair once)
+    init_dynamics: str = ""            # start the dynamics from this dynamics.pt (fine-tuning, e.g. a longer --unroll)
 
     def __post_init__(self):
         if self.stage not in ("ae", "dynamics", "all"):
@@ -770,7 +771,8 @@ def cosine_schedule(opt, epochs: int, lr: float, start_epoch: int):
 
 AE_KEYS = ["dataset", "seed", "image_size", "val_frac", "ae_arch", "latent_dim", "latent_channels", "ae_width",
            "change_weight", "ae_lr", "batch_size", "ae_samples_per_epoch"]
-DYN_KEYS = AE_KEYS + ["dynamics", "history", "hidden", "dyn_lr", "unroll", "context_noise", "dyn_samples_per_epoch"]
+DYN_KEYS = AE_KEYS + ["dynamics", "history", "hidden", "dyn_lr", "unroll", "context_noise", "dyn_samples_per_epoch",
+                      "init_dynamics"]
 
 
 def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Module, dict]:
@@ -900,6 +902,12 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
     model = build_dynamics(cfg, latent_dim)
     train_ctx = np.unique(context_indices(train_rows, cfg.history, cache.episode_start))
     model.set_latent_stats(latents[torch.from_numpy(train_ctx)])
+    if cfg.init_dynamics:
+        init, init_ckpt = load_model(cfg.init_dynamics, "dynamics", latent_dim)
+        if init_ckpt.get("autoencoder_hash") != ae_extra["hash"]:
+            raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} was trained on another autoencoder")
+        model.load_state_dict(init.state_dict())
+        print(f"dynamics: starting from {cfg.init_dynamics}")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.dyn_lr)
     state_path = os.path.join(out, "dynamics_train_state.pt")
     start_epoch = 0
