@@ -118,3 +118,24 @@ def test_rollout_is_deterministic_and_stays_in_its_episode(tiny_run, tiny_datase
         frames.append(world.decode(torch.cat(zs)))
     assert torch.equal(frames[0], frames[1])
     assert frames[0].shape == (5, 1, 80, 80) and torch.isfinite(frames[0]).all()
+
+
+def test_init_dynamics_starts_from_the_given_checkpoint(tiny_dataset, tiny_run, tmp_path):
+    import shutil
+    shutil.copy(os.path.join(tiny_run, "autoencoder.pt"), tmp_path / "autoencoder.pt")
+    args = ["--dataset", tiny_dataset, "--out", str(tmp_path), "--stage", "dynamics", "--ae-arch", "spatial",
+            "--ae-width", "8", "--latent-channels", "2", "--change-weight", "5", "--history", "3",
+            "--hidden", "32", "--unroll", "2", "--dyn-epochs", "0", "--batch-size", "32",
+            "--cache-dir", os.path.join(tiny_run, "cache"), "--spot-check", "",
+            "--init-dynamics", os.path.join(tiny_run, "dynamics.pt")]
+    train.main(args)
+    start = torch.load(os.path.join(tiny_run, "dynamics.pt"), weights_only=True)["state_dict"]
+    got = torch.load(tmp_path / "dynamics.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(start[k], got[k]) for k in start)
+    # a dynamics model trained on another autoencoder is refused
+    ckpt = torch.load(os.path.join(tiny_run, "dynamics.pt"), weights_only=True)
+    ckpt["autoencoder_hash"] = "other"
+    torch.save(ckpt, tmp_path / "other.pt")
+    (tmp_path / "dynamics_train_state.pt").unlink(missing_ok=True)
+    with pytest.raises(SystemExit, match="another autoencoder"):
+        train.main(args[:-1] + [str(tmp_path / "other.pt")])
