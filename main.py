@@ -287,7 +287,8 @@ def main(argv=None):
         print(f"wrote {args.record}")
     if stats:
         report = stats.report(args.stats, reference_ranges(args.reference, world.image_size))
-        report |= {"fps": result["fps"], "command": "python main.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+        given = sys.argv[1:] if argv is None else argv
+        report |= {"fps": result["fps"], "command": "python main.py " + " ".join(given)}
         with open(args.stats + "_stats.json", "w") as f:
             json.dump(report, f, indent=1)
         print(json.dumps(report, indent=1))

@@ -969,8 +969,8 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         model.load_state_dict(best[2])
         print(f"dynamics: keeping epoch {best[1]}, the best validation loss ({best[0]:.5f})")
     model.eval()
-    extra = {"autoencoder_hash": ae_extra["hash"], "starts": pick_starts(cache, cfg.history, np.asarray(ae_extra["static_frame"])),
-             "best_epoch": best[1], "val_loss": best[0]}
+    starts = pick_starts(cache, cfg.history, np.asarray(ae_extra["static_frame"]))
+    extra = {"autoencoder_hash": ae_extra["hash"], "starts": starts, "best_epoch": best[1], "val_loss": best[0]}
     save_checkpoint(os.path.join(out, "dynamics.pt"), "dynamics", cfg, model, **extra)
     return model, extra
 
