@@ -111,6 +111,83 @@ def evaluate_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[
     return {k: np.concatenate(v).transpose(1, 0, 2, 3) for k, v in preds.items()}
 
 
+@torch.no_grad()
+def sample_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[int], k: int, temperature: float,
+                 seed: int, batch: int = 100) -> np.ndarray:
+    """k seeded rollouts of a stochastic model at this temperature -> (k, len(horizons), N, H, W) frames."""
+    H, hi = max(horizons), np.array(horizons) - 1
+    ep_start = cache.episode_start
+    out = []
+    for i in range(k):
+        torch.manual_seed(seed * 1000 + i)
+        frames_i = []
+        for s in range(0, len(starts), batch):
+            rows = starts[s:s + batch]
+            ctx = context_indices(rows, world.history, ep_start)
+            frames = torch.from_numpy(cache.frames[ctx]).float().div(255).unsqueeze(2)
+            a_past = torch.from_numpy(past_actions(cache.actions, ctx, ep_start)).float()
+            future = torch.from_numpy(cache.actions[rows[:, None] + np.arange(H)]).float()
+            z = rollout(world, frames, a_past, future, temperature)[:, hi]
+            b, nh = z.shape[:2]
+            frames_i.append(to_numpy(world.decode(z.flatten(0, 1))).reshape(b, nh, *frames.shape[-2:]))
+        out.append(np.concatenate(frames_i).transpose(1, 0, 2, 3))
+    return np.stack(out)
+
+
+def sample_metrics(samples: np.ndarray, real: np.ndarray, start: np.ndarray, threshold: float, lpips_model) -> dict:
+    """samples (k, N, H, W) of one horizon -> {'mean of k': summary, 'best of k': summary, 'diversity': summary}.
+    Best of k takes, per start and per metric, the sample closest to the real future; diversity is the
+    mean L1 between pairs of samples and the fraction of pixels on which some pair differs by > threshold."""
+    per = [frame_metrics(x, real, start, threshold, lpips_model) for x in samples]
+    keys = per[0].keys()
+    stacked = {key: np.stack([p[key] for p in per]) for key in keys}  # (k, N)
+    higher_better = {"ssim", "changed_ssim"}
+    with np.errstate(invalid="ignore"):
+        import warnings
+        with warnings.catch_warnings():  # all-NaN columns (no changed pixel) stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean_k = {key: np.nanmean(v, axis=0) for key, v in stacked.items()}
+            best_k = {key: (np.nanmax(v, axis=0) if key in higher_better else np.nanmin(v, axis=0))
+                      for key, v in stacked.items()}
+    pairs = [(i, j) for i in range(len(samples)) for j in range(i + 1, len(samples))]
+    pair_l1 = np.mean([np.abs(samples[i] - samples[j]).mean(axis=(1, 2)) for i, j in pairs], axis=0) \
+        if pairs else np.zeros(len(real))
+    differ = (samples.max(axis=0) - samples.min(axis=0)) > threshold
+    diversity = {"pairwise_l1": pair_l1, "differing_pixel_frac": differ.mean(axis=(1, 2))}
+    return {"mean of k": summarize(mean_k), "best of k": summarize(best_k),
+            "diversity": {k: float(v.mean()) for k, v in diversity.items()}}
+
+
+def plot_samples(world: WorldModel, cache, starts: np.ndarray, horizons: list[int], k: int, temperature: float,
+                 seed: int, path: str):
+    """For a few starts: the real future, the temperature-0 prediction and k samples at each horizon, with
+    the per-pixel spread of the samples (how much they differ, and where)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    samples = sample_world(world, cache, starts, horizons, k, temperature, seed)  # (k, nh, N, H, W)
+    mean_pred = evaluate_world(world, cache, starts, horizons)["model"]
+    real, start = real_frames(cache, starts, horizons)
+    n_rows = len(starts) * len(horizons)
+    fig, axes = plt.subplots(n_rows, k + 4, figsize=(1.6 * (k + 4), 1.8 * n_rows), squeeze=False)
+    for i in range(len(starts)):
+        for j, h in enumerate(horizons):
+            r = i * len(horizons) + j
+            spread = samples[:, j, i].std(axis=0)
+            panels = [("start", start[i]), (f"real +{h}", real[j, i]), ("T=0", mean_pred[j, i])] + \
+                     [(f"T={temperature:g} #{s + 1}", samples[s, j, i]) for s in range(k)]
+            for c, (title, img) in enumerate(panels):
+                axes[r, c].imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                axes[r, c].set_title(title, fontsize=7)
+            axes[r, -1].imshow(spread, cmap="magma", vmin=0, vmax=0.3, interpolation="nearest")
+            axes[r, -1].set_title(f"spread (std) mean {spread.mean():.3f}", fontsize=7)
+            for a in axes[r]:
+                a.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 def real_frames(cache, starts: np.ndarray, horizons: list[int]):
     real = cache.frames[starts[:, None] + np.array(horizons)].astype(np.float64) / 255
     return real.transpose(1, 0, 2, 3), cache.frames[starts].astype(np.float64) / 255
@@ -290,6 +367,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="results/eval", help="writes OUT.md, OUT.json and OUT_*.png")
     p.add_argument("--cache-dir", default=".cache", help="where decoded frames are cached")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    p.add_argument("--samples", type=int, default=5,
+                   help="stochastic models: seeded samples per start for the mean-of-k and best-of-k rows (0 = none)")
+    p.add_argument("--temperature", type=float, default=1.0, help="stochastic models: temperature of those samples")
     p.add_argument("--autoencoder-figures", action="store_true",
                    help="also write OUT_reconstructions.png and OUT_edge_cases.png (needs the dataset's RAM column)")
     args = p.parse_args(argv)
@@ -314,7 +394,7 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     lpips_model = load_lpips("alex")
     real, start = real_frames(cache, starts, args.horizons)
-    results, strips = {}, {}
+    results, strips, diversity = {}, {}, {}
     copy_frame = np.repeat(start[None], len(args.horizons), axis=0)
     for name, world in worlds.items():
         preds = evaluate_world(world, cache, starts, args.horizons)
@@ -324,6 +404,15 @@ def main(argv=None):
                                                                      args.change_threshold, lpips_model))
                                      for i, h in enumerate(args.horizons)}
         strips["model" + tag] = preds["model"]
+        if world.stochastic and args.samples > 0:
+            samples = sample_world(world, cache, starts, args.horizons, args.samples, args.temperature, args.seed)
+            per_h = [sample_metrics(samples[:, i], real[i], start, args.change_threshold, lpips_model)
+                     for i in range(len(args.horizons))]
+            for kind in ("mean of k", "best of k"):
+                results[f"model T={args.temperature:g} {kind.replace('k', str(args.samples))}{tag}"] = {
+                    str(h): per_h[i][kind] for i, h in enumerate(args.horizons)}
+            diversity[name] = {str(h): per_h[i]["diversity"] for i, h in enumerate(args.horizons)}
+            strips[f"model T={args.temperature:g} sample{tag}"] = samples[0]
     results["copy-last-frame"] = {str(h): summarize(frame_metrics(copy_frame[i], real[i], start,
                                                                   args.change_threshold, lpips_model))
                                   for i, h in enumerate(args.horizons)}
@@ -338,12 +427,23 @@ def main(argv=None):
               f"(fingerprint {cache.fingerprint}), driven by the recorded buttons.\n\n")
     notes = "\n\n## No-action check (one step from the same starts)\n\n" + "\n".join(
         f"- {name}: " + "; ".join(f"{k} {v:.5f}" for k, v in r.items()) for name, r in no_action.items())
+    if diversity:
+        notes += (f"\n\n## Diversity between {args.samples} samples at temperature {args.temperature:g}\n\n"
+                  "Mean L1 between pairs of samples from the same start and buttons, and the fraction of pixels "
+                  f"on which some pair differs by more than {args.change_threshold}.\n\n"
+                  "| model | " + " | ".join(f"@{h}" for h in args.horizons) + " |\n"
+                  + "|---" * (1 + len(args.horizons)) + "|\n")
+        for name, per_h in diversity.items():
+            notes += f"| {name} | " + " | ".join(f"{per_h[str(h)]['pairwise_l1']:.4f} / "
+                                                 f"{per_h[str(h)]['differing_pixel_frac']:.3f}"
+                                                 for h in args.horizons) + " |\n"
     print(table + notes)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     payload = {"command": command, "dataset": args.dataset, "dataset_fingerprint": cache.fingerprint,
                "checkpoints": {n: {"autoencoder_hash": w.autoencoder_hash} for n, w in worlds.items()},
                "seed": args.seed, "starts": len(starts), "horizons": args.horizons,
                "change_threshold": args.change_threshold, "results": results, "no_action": no_action,
+               "samples": args.samples, "temperature": args.temperature, "diversity": diversity,
                "seconds": time.time() - t0}
     for path, text in ((args.out + ".md", header + table + notes + "\n"),
                        (args.out + ".json", json.dumps(payload, indent=1))):
@@ -354,6 +454,11 @@ def main(argv=None):
         plot_curves(results, args.horizons, args.out + "_curves.png")
         plot_strips(strips | {"copy-last-latent": preds["copy-last-latent"]}, real, start, args.horizons,
                     args.out + "_rollouts.png")
+    for name, world in worlds.items():
+        if world.stochastic and args.samples > 0 and not args.no_plots:
+            tag = f"_{os.path.basename(name)}" if len(worlds) > 1 else ""
+            plot_samples(world, cache, starts[:: max(1, len(starts) // 3)][:3], [1, 10], 10, args.temperature,
+                         args.seed, f"{args.out}{tag}_samples.png")
     if args.autoencoder_figures:
         autoencoder_figures(first, cache, args.dataset, args.out, args.seed)
     print(f"\nwrote {args.out}.md, {args.out}.json" + ("" if args.no_plots else " and plots")

@@ -23,7 +23,7 @@ import torch
 from collect import ACTION_NAMES, RandomPolicy, keys_to_action
 from train import CheckpointError, WorldModel, load_frames, save_figure
 
-HELP = "arrows move  X=A  Z=B  Enter=START  RShift=SELECT  R=reset  Esc=quit"
+HELP = "arrows  X=A  Z=B  Enter=START  RShift=SELECT  R=reset  -/= temperature  Esc=quit"
 WIDTH, HEIGHT, BAR = 512, 480, 44  # the NES's 256x240 aspect, doubled, plus a status bar
 
 
@@ -31,8 +31,11 @@ WIDTH, HEIGHT, BAR = 512, 480, 44  # the NES's 256x240 aspect, doubled, plus a s
 class NeuralTetris:
     """The world model behind a game-like interface: reset() and step(buttons) return uint8 frames."""
 
-    def __init__(self, world: WorldModel, start: str = "play", compile_model: bool = False):
+    def __init__(self, world: WorldModel, start: str = "play", compile_model: bool = False,
+                 temperature: float | None = None):
         self.world, self.start_name = world, start
+        # how far a stochastic model strays from its central future: 0 = deterministic, 1 = a full sample
+        self.temperature = world.default_temperature if temperature is None else temperature
         if compile_model:
             world.dynamics = torch.compile(world.dynamics)
             world.autoencoder.decoder = torch.compile(world.autoencoder.decoder)
@@ -44,7 +47,8 @@ class NeuralTetris:
 
     @torch.no_grad()
     def step(self, action: np.ndarray) -> np.ndarray:
-        self.state, z = self.world.step(self.state, torch.as_tensor(action, dtype=torch.float32)[None])
+        self.state, z = self.world.step(self.state, torch.as_tensor(action, dtype=torch.float32)[None],
+                                        self.temperature)
         return self._show(z)
 
     def _show(self, z) -> np.ndarray:
@@ -119,12 +123,16 @@ class Game:
                     frames = t
                 elif event.type == pg.KEYDOWN and event.key == pg.K_r:
                     reset = True
+                elif event.type == pg.KEYDOWN and event.key in (pg.K_MINUS, pg.K_EQUALS):
+                    step = 0.1 if event.key == pg.K_EQUALS else -0.1
+                    self.env.temperature = round(min(1.0, max(0.0, self.env.temperature + step)), 2)
             if frames is not None and t >= frames:
                 break
             action = actions(t) if actions else keys_to_action(pg.key.get_pressed(), pg)
             frame = self.env.reset() if reset else self.env.step(action)
             pressed = " ".join(n for n, b in zip(ACTION_NAMES, action) if b) or "-"
-            self.draw(frame, f"{fps:5.1f} FPS   frame {t}   buttons: {pressed}")
+            temp = f"   temperature {self.env.temperature:.1f}" if self.env.world.stochastic else ""
+            self.draw(frame, f"{fps:5.1f} FPS   frame {t}{temp}   buttons: {pressed}")
             if record is not None:
                 record.append(pg.surfarray.array3d(self.screen).swapaxes(0, 1)[::2, ::2].copy())
             if on_frame:
@@ -240,7 +248,10 @@ def parse_args(argv=None):
     p.add_argument("--headless", action="store_true", help="no window (SDL dummy driver)")
     p.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: until Esc; 300 headless)")
     p.add_argument("--actions", default=None, help="'random' or a .npy/.json/.txt of 8-int rows (default: keyboard; random headless)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --actions random")
+    p.add_argument("--seed", type=int, default=0, help="seed for --actions random and for sampling")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="stochastic dynamics: 0 = deterministic .. 1 = full samples (default: the checkpoint's; "
+                        "keys - and = change it while playing)")
     p.add_argument("--fps", type=int, default=None, help="frame cap; 0 = as fast as possible (default: 30 in a window, 0 headless)")
     p.add_argument("--record", default=None, help="write what was shown to this .gif")
     p.add_argument("--stats", default=None, metavar="PREFIX",
@@ -269,7 +280,10 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     compile_model = args.compile == "on" or (args.compile == "auto" and args.device.startswith("cuda"))
     try:
-        env = NeuralTetris(world, args.start, compile_model)
+        if args.temperature is not None and not 0 <= args.temperature <= 1:
+            raise SystemExit(f"error: --temperature {args.temperature}: must be between 0 and 1")
+        torch.manual_seed(args.seed)
+        env = NeuralTetris(world, args.start, compile_model, args.temperature)
     except KeyError as e:
         raise SystemExit(f"error: --start: {e.args[0]}")
     if args.benchmark:

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -36,7 +37,8 @@ import evaluate
 import main as play
 import train
 
-SWEEP_KEYS = {"title", "base", "budget", "settings", "notes", "stability_frames", "stability_actions", "x"}
+SWEEP_KEYS = {"title", "base", "budget", "settings", "notes", "stability_frames", "stability_actions", "x",
+              "autoencoder", "samples", "temperature"}
 
 
 def load_sweep(path: str) -> dict:
@@ -59,22 +61,28 @@ def setting_config(sweep: dict, setting: dict, dataset: str, runs: str) -> train
     overrides = dict(sweep.get("budget", {}))
     overrides |= {k: v for k, v in setting.items() if k not in ("name", "label", "x")}
     overrides |= {"dataset": dataset, "name": setting["name"], "out": os.path.join(runs, setting["name"]),
-                  "export": "", "stage": "all"}
+                  "export": "", "stage": "dynamics" if sweep.get("autoencoder") else "all"}
     return train.load_config(sweep["base"], overrides)
 
 
-def train_setting(cfg: train.Config) -> None:
-    """Train unless a finished run of exactly this config is there."""
+def train_setting(cfg: train.Config, autoencoder: str | None = None) -> None:
+    """Train unless a finished run of exactly this config is there. With `autoencoder` (a trained
+    autoencoder.pt), every setting shares that frozen autoencoder and trains only its dynamics."""
     marker = os.path.join(cfg.out, "setting.json")
-    want = dataclasses.asdict(cfg)
+    want = dataclasses.asdict(cfg) | ({"autoencoder": autoencoder} if autoencoder else {})
     if os.path.exists(marker) and os.path.exists(os.path.join(cfg.out, "dynamics.pt")):
         with open(marker) as f:
             if json.load(f) == want:
                 print(f"{cfg.name}: trained already ({cfg.out})")
                 return
     args = []
-    for k, v in want.items():
+    for k, v in dataclasses.asdict(cfg).items():
         args += ["--" + k.replace("_", "-"), str(v)]
+    if autoencoder:
+        if not os.path.isfile(autoencoder):
+            raise SystemExit(f"error: sweep autoencoder {autoencoder}: no such file")
+        os.makedirs(cfg.out, exist_ok=True)
+        shutil.copyfile(autoencoder, os.path.join(cfg.out, "autoencoder.pt"))
     t0 = time.time()
     train.main(args + ["--spot-check", ""])
     os.makedirs(cfg.out, exist_ok=True)
@@ -122,7 +130,8 @@ def score_setting(cfg: train.Config, args, cache, starts, real, start, lpips_mod
     path = os.path.join(cfg.out, "sweep_eval.json")
     key = {"config": dataclasses.asdict(cfg), "dataset": cache.fingerprint, "starts": len(starts), "seed": args.seed,
            "horizons": args.horizons, "threshold": args.change_threshold,
-           "stability_frames": args.stability_frames, "stability_actions": args.stability_actions}
+           "stability_frames": args.stability_frames, "stability_actions": args.stability_actions,
+           "samples": args.samples, "temperature": args.temperature}
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
@@ -144,8 +153,18 @@ def score_setting(cfg: train.Config, args, cache, starts, real, start, lpips_mod
     scores["dynamics_parameters"] = sum(p.numel() for p in world.dynamics.parameters())
     scores["latent_size"] = int(np.prod(world.latent_shape))
     scores["play_fps"] = play_fps(world)
-    with open(os.path.join(cfg.out, "autoencoder_log.jsonl")) as f:
-        scores["val_l1"] = [json.loads(line) for line in f][-1]["val_l1"]
+    scores["val_l1"] = train.read_checkpoint(os.path.join(cfg.out, "autoencoder.pt"), "autoencoder").get("val_l1")
+    if world.stochastic and args.samples:
+        samples = evaluate.sample_world(world, cache, starts, args.horizons, args.samples, args.temperature, args.seed)
+        scores["diversity"] = {}
+        for i, h in enumerate(args.horizons):
+            m = evaluate.sample_metrics(samples[:, i], real[i], start, args.change_threshold, lpips_model)
+            scores["horizons"][str(h)] |= {"mean of k": m["mean of k"], "best of k": m["best of k"]}
+            scores["diversity"][str(h)] = m["diversity"]
+        with open(os.path.join(cfg.out, "dynamics_log.jsonl")) as f:
+            log = [json.loads(line) for line in f]
+        best = train.read_checkpoint(os.path.join(cfg.out, "dynamics.pt"), "dynamics").get("best_epoch") or len(log)
+        scores["kl"] = log[best - 1].get("kl")
     seconds = os.path.join(cfg.out, "train_seconds.json")
     scores["train_seconds"] = json.load(open(seconds))["seconds"] if os.path.exists(seconds) else None
     if args.stability_frames:
@@ -176,6 +195,11 @@ def markdown(sweep: dict, scores: dict, copy_frame: dict, horizons: list[int], t
                      + " | ".join(fmt(hz[str(h)]["model"], "ssim") for h in horizons) + " | "
                      + " | ".join(fmt(hz[str(h)]["model"], "changed_l1", 3) for h in horizons)
                      + f" | {sc['play_fps']:.0f} |")
+        for kind in ("mean of k", "best of k"):
+            if kind in hz[str(horizons[0])]:
+                tag = f"{labels[name]}, T={sweep.get('temperature', 1.0):g} {kind.replace('k', str(sweep.get('samples', 5)))}"
+                lines.append(f"| {tag} | | | | | | | | " + " | ".join(fmt(hz[str(h)][kind], "ssim") for h in horizons)
+                             + " | " + " | ".join(fmt(hz[str(h)][kind], "changed_l1", 3) for h in horizons) + " | |")
     lines.append(f"| copy-last-frame (baseline) | | | | | | | | "
                  + " | ".join(fmt(copy_frame[str(h)], "ssim") for h in horizons) + " | "
                  + " | ".join(fmt(copy_frame[str(h)], "changed_l1", 3) for h in horizons) + " | |")
@@ -183,6 +207,16 @@ def markdown(sweep: dict, scores: dict, copy_frame: dict, horizons: list[int], t
     text += (f"\n\nChanged pixels: where the real future frame differs from the start frame by more than {threshold}. "
              "Rollout columns are the model driven by the recorded buttons. 'val L1' is the autoencoder's whole-frame "
              "validation L1 on the training split; 'recon' columns score decode(encode(x)) on the held-out frames.")
+    if any("diversity" in sc for sc in scores.values()):
+        text += ("\n\n### Stochastic settings: KL and diversity\n\nKL: the training KL (nats, summed over the noise "
+                 "code) at the kept epoch. Diversity: mean L1 between pairs of samples from the same start and buttons "
+                 "/ fraction of pixels on which some pair differs by more than the threshold.\n\n| setting | KL | "
+                 + " | ".join(f"diversity @{h}" for h in horizons) + " |\n" + "|---" * (2 + len(horizons)) + "|\n")
+        for name, sc in scores.items():
+            if "diversity" in sc:
+                text += (f"| {labels[name]} | {sc['kl']:.3g} | " + " | ".join(
+                    f"{sc['diversity'][str(h)]['pairwise_l1']:.4f} / {sc['diversity'][str(h)]['differing_pixel_frac']:.3f}"
+                    for h in horizons) + " |\n")
     if any("stability" in sc for sc in scores.values()):
         text += ("\n\n### Stability in headless play\n\n| setting | NaN frames | contrast in real range, first minute | "
                  "contrast in real range, whole run | brightness in real range, whole run |\n|---|---|---|---|---|\n")
@@ -314,8 +348,10 @@ def main(argv=None):
     args.stability_actions = sweep.get("stability_actions", "configs/actions_heldout_episode.npy")
     configs = {s["name"]: setting_config(sweep, s, args.dataset, args.runs) for s in sweep["settings"]}
     selected = [n for n in configs if args.only is None or n in args.only]
+    args.samples = int(sweep.get("samples", 5))
+    args.temperature = float(sweep.get("temperature", 1.0))
     for n in selected:
-        train_setting(configs[n])
+        train_setting(configs[n], sweep.get("autoencoder"))
     try:
         cache = train.load_frames(args.test, configs[selected[0]].image_size, configs[selected[0]].cache_dir)
     except train.DatasetError as e:
@@ -354,8 +390,9 @@ def main(argv=None):
             f.write(text)
         os.replace(path + ".tmp", path)
     plot(sweep, scores, args.horizons, prefix)
-    rows = evaluate.pick_starts(cache.episodes, 1, 3, args.seed + 1)
-    reconstruction_grid(sweep, configs, cache, rows, prefix)
+    if not sweep.get("autoencoder"):  # settings that share one autoencoder reconstruct alike
+        rows = evaluate.pick_starts(cache.episodes, 1, 3, args.seed + 1)
+        reconstruction_grid(sweep, configs, cache, rows, prefix)
     print(f"wrote {prefix}.md, {prefix}.json and {prefix}_*.png")
 
 

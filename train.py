@@ -54,6 +54,7 @@ class Config:
     perceptual_weight: float = 0.1     # loss = L1 + perceptual_weight * perceptual
     perceptual_batch: int = 0          # score the perceptual term on this many frames of each batch (0 = all)
     latent_noise: float = 0.0          # std of N(0, s) added to the latent before decoding while training the autoencoder
+    init_autoencoder: str = ""         # start the autoencoder from this autoencoder.pt (fine-tuning with new options)
     ae_lr: float = 1e-3
     ae_epochs: int = 50
     ae_samples_per_epoch: int = 0      # frames drawn per epoch (0 = every training frame once)
@@ -67,6 +68,12 @@ class Config:
     context_noise: float = 0.0         # std of noise added to past latents while training (robustness to own errors)
     dyn_samples_per_epoch: int = 0     # pairs drawn per epoch (0 = every training pair once)
     init_dynamics: str = ""            # start the dynamics from this dynamics.pt (fine-tuning, e.g. a longer --unroll)
+    sched_sampling: float = 0.0        # > 0: scheduled sampling in --unroll training: feed the model its own prediction
+                                       # with probability p (else the true latent), p annealed 0 -> this over the epochs;
+                                       # 0: always its own prediction (plain multi-step rollout training)
+    noise_dim: int = 32                # vae dynamics: size of the noise code e that picks one future
+    beta: float = 0.001                # vae dynamics: loss = MSE(delta) + beta * KL(q(e | ...) || N(0, I))
+    temperature: float = 0.5           # vae dynamics: the temperature main.py plays at unless --temperature is given
 
     def __post_init__(self):
         if self.stage not in ("ae", "dynamics", "all"):
@@ -83,6 +90,8 @@ class Config:
             raise ValueError(f"perceptual must be '' or one of {sorted(PERCEPTUAL)}, not {self.perceptual!r}")
         if self.latent_noise < 0 or self.perceptual_weight < 0:
             raise ValueError("latent_noise and perceptual_weight must be >= 0")
+        if not 0 <= self.sched_sampling <= 1 or self.beta < 0 or self.noise_dim < 1:
+            raise ValueError("sched_sampling must be in [0, 1], beta >= 0 and noise_dim >= 1")
 
 
 def load_config(path: str | None, overrides: dict) -> Config:
@@ -454,14 +463,16 @@ class DynamicsModel(nn.Module):
     set from the training set), so the module works on raw autoencoder latents.
     """
 
-    def __init__(self, latent_dim: int, history: int = 1, hidden: int = 128):
+    stochastic = False
+
+    def __init__(self, latent_dim: int, history: int = 1, hidden: int = 128, extra_in: int = 0):
         super().__init__()
         self.latent_dim, self.history = latent_dim, history
         self.register_buffer("z_mean", torch.zeros(latent_dim))
         self.register_buffer("z_scale", torch.ones(()))
         self.register_buffer("z_min", -torch.full((latent_dim,), 1e4))
         self.register_buffer("z_max", torch.full((latent_dim,), 1e4))
-        d_in = history * (latent_dim + 8)
+        d_in = history * (latent_dim + 8) + extra_in
         self.net = nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(),
                                  nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, latent_dim))
         for m in self.net:
@@ -496,10 +507,63 @@ class DynamicsModel(nn.Module):
         return F.mse_loss(pred / self.z_scale, z_next / self.z_scale), pred
 
 
-DYNAMICS = {"deterministic": DynamicsModel}
+class VAEDynamicsModel(DynamicsModel):
+    """Stochastic latent dynamics: a conditional VAE over one step.
+
+    A posterior q(e | context, true delta) outputs (mean, log_var) of a small noise code e; the
+    transition MLP (the deterministic model's, with e as extra input) maps (context, e) to the delta.
+    Training reparameterises e = mean + std * eps and minimises MSE(delta) + beta * KL(q || N(0, I)),
+    the KL summed over the code and averaged over the batch. Playing draws e = temperature * eps from
+    the prior: temperature 0 gives the model's central future (deterministic), temperature 1 one of the
+    futures it has learned to tell apart (which piece comes next, when gravity strikes)."""
+
+    stochastic = True
+
+    def __init__(self, latent_dim: int, history: int = 1, hidden: int = 128, noise_dim: int = 32,
+                 beta: float = 1e-3):
+        super().__init__(latent_dim, history, hidden, extra_in=noise_dim)
+        self.noise_dim, self.beta = noise_dim, beta
+        d_ctx = history * (latent_dim + 8)
+        self.posterior = nn.Sequential(nn.LayerNorm(d_ctx + latent_dim), nn.Linear(d_ctx + latent_dim, hidden),
+                                       nn.GELU(), nn.Linear(hidden, 2 * noise_dim))
+        nn.init.zeros_(self.posterior[-1].weight)  # starts as the prior
+        nn.init.zeros_(self.posterior[-1].bias)
+        self.last_kl = torch.zeros(())
+
+    def context(self, z_hist, a_hist):
+        return torch.cat([self.normalize(z_hist), a_hist], dim=-1).flatten(1)
+
+    def forward(self, z_hist, a_hist, e=None):
+        """Raw delta (B, D) for noise code e (B, noise_dim); e = None is the prior's mean (temperature 0)."""
+        x = self.context(z_hist, a_hist)
+        if e is None:
+            e = x.new_zeros(len(x), self.noise_dim)
+        return self.net(torch.cat([x, e], dim=-1)) * self.z_scale
+
+    def step(self, z_hist, a_hist, temperature: float = 0.0):
+        e = torch.randn(len(z_hist), self.noise_dim, device=z_hist.device) * temperature if temperature > 0 else None
+        z = z_hist[:, -1] + self(z_hist, a_hist, e)
+        return torch.maximum(torch.minimum(z, self.z_max), self.z_min)
+
+    def loss(self, z_hist, a_hist, z_next):
+        """MSE of the normalised delta with e drawn from the posterior, plus beta * KL; -> (loss, prediction)."""
+        x = self.context(z_hist, a_hist)
+        delta = (z_next - z_hist[:, -1]) / self.z_scale
+        mean, log_var = self.posterior(torch.cat([x, delta], dim=-1)).chunk(2, dim=-1)
+        log_var = log_var.clamp(-12, 6)
+        e = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+        pred = z_hist[:, -1] + self.net(torch.cat([x, e], dim=-1)) * self.z_scale
+        kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(-1).mean()
+        self.last_kl = kl.detach()
+        return F.mse_loss(pred / self.z_scale, z_next / self.z_scale) + self.beta * kl, pred
+
+
+DYNAMICS = {"deterministic": DynamicsModel, "vae": VAEDynamicsModel}
 
 
 def build_dynamics(cfg: Config, latent_dim: int) -> nn.Module:
+    if cfg.dynamics == "vae":
+        return VAEDynamicsModel(latent_dim, cfg.history, cfg.hidden, cfg.noise_dim, cfg.beta)
     return DYNAMICS[cfg.dynamics](latent_dim, cfg.history, cfg.hidden)
 
 
@@ -747,6 +811,8 @@ class WorldModel:
         self.device = device
         self.image_size = autoencoder.image_size
         self.autoencoder_hash = None  # set by load(); ties the dynamics to the autoencoder it was trained on
+        self.stochastic = bool(getattr(dynamics, "stochastic", False))
+        self.default_temperature = 0.0  # set by load() from the dynamics' config for stochastic models
 
     @classmethod
     def load(cls, directory: str = "checkpoints/tetris", device: str = "cpu") -> "WorldModel":
@@ -759,6 +825,8 @@ class WorldModel:
         dynamics, _ = load_model(dyn_path, "dynamics", int(np.prod(autoencoder.latent_shape)))
         world = cls(autoencoder, dynamics, dyn_ckpt.get("starts"), device)
         world.autoencoder_hash = ae_ckpt.get("hash")
+        if world.stochastic:
+            world.default_temperature = float(config_from(dyn_ckpt).temperature)
         return world
 
     @torch.no_grad()
@@ -834,7 +902,12 @@ class RunLog:
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(title, fontsize=9)
-        ax.legend()
+        ax.legend(loc="upper left")
+        if self.rows and "kl" in self.rows[-1]:  # stochastic dynamics: is the noise used?
+            kl_ax = ax.twinx()
+            kl_ax.plot(epochs, [r.get("kl", float("nan")) for r in self.rows], "g--", marker=".", label="KL (train)")
+            kl_ax.set_ylabel("KL (nats)")
+            kl_ax.legend(loc="upper right")
         fig.tight_layout()
         save_figure(fig, path)
         plt.close(fig)
@@ -865,10 +938,10 @@ def cosine_schedule(opt, epochs: int, lr: float, start_epoch: int):
 
 
 AE_KEYS = ["dataset", "seed", "image_size", "val_frac", "ae_arch", "latent_dim", "latent_channels", "ae_width",
-           "ae_depth", "change_weight", "perceptual", "perceptual_weight", "perceptual_batch", "latent_noise", "ae_lr", "batch_size",
+           "ae_depth", "change_weight", "perceptual", "perceptual_weight", "perceptual_batch", "latent_noise", "init_autoencoder", "ae_lr", "batch_size",
            "ae_samples_per_epoch"]
 DYN_KEYS = AE_KEYS + ["dynamics", "history", "hidden", "dyn_lr", "unroll", "context_noise", "dyn_samples_per_epoch",
-                      "init_dynamics"]
+                      "init_dynamics", "sched_sampling", "noise_dim", "beta"]
 
 
 def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Module, dict]:
@@ -881,6 +954,14 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
     static = static.float().div(255)[None, None]
     if hasattr(model, "set_static"):
         model.set_static(static)
+    if cfg.init_autoencoder:
+        init, _ = load_model(cfg.init_autoencoder, "autoencoder")
+        try:
+            model.load_state_dict(init.state_dict())
+        except RuntimeError:
+            raise SystemExit(f"error: --init-autoencoder {cfg.init_autoencoder} has another architecture than "
+                             f"this config's ({cfg.ae_arch}, depth {cfg.ae_depth}, width {cfg.ae_width})") from None
+        print(f"autoencoder: starting from {cfg.init_autoencoder}")
     state_path = os.path.join(out, "autoencoder_train_state.pt")
     log = RunLog(os.path.join(out, "autoencoder_log.jsonl"), resume=os.path.exists(state_path))
     start_epoch = 0
@@ -967,16 +1048,22 @@ def dynamics_batch(latents, cache: FrameCache, rows, history: int, unroll: int, 
     return z_hist, a_hist, future_actions, targets
 
 
-def dynamics_loss(model, z_hist, a_hist, future_actions, targets, context_noise: float = 0.0):
-    """Mean normalised MSE over `unroll` self-fed steps; the first step is the one-step delta loss."""
+def dynamics_loss(model, z_hist, a_hist, future_actions, targets, context_noise: float = 0.0,
+                  self_feed: float = 1.0):
+    """Mean loss over `unroll` steps; the first step is the one-step delta loss. Each later step sees the
+    model's own previous prediction (per sample, with probability self_feed; else the true latent)."""
     if context_noise > 0:
         z_hist = z_hist + torch.randn_like(z_hist) * context_noise * model.z_scale
-    total = 0.0
+    total, kl = 0.0, 0.0
     for u in range(targets.shape[1]):
         a_hist = torch.cat([a_hist[:, 1:], future_actions[:, u:u + 1]], dim=1)
         loss, pred = model.loss(z_hist, a_hist, targets[:, u])
-        total = total + loss
+        total, kl = total + loss, kl + float(getattr(model, "last_kl", 0.0))
+        if self_feed < 1.0:
+            own = torch.rand(len(pred), 1, device=pred.device) < self_feed
+            pred = torch.where(own, pred, targets[:, u])
         z_hist = torch.cat([z_hist[:, 1:], pred[:, None]], dim=1)
+    model.mean_kl = kl / targets.shape[1]
     return total / targets.shape[1]
 
 
@@ -1034,18 +1121,21 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         rng = np.random.default_rng([cfg.seed, epoch])
         order = rng.choice(train_rows, cfg.dyn_samples_per_epoch) if cfg.dyn_samples_per_epoch else \
             rng.permutation(train_rows)
-        total, count, t0 = 0.0, 0, time.time()
+        total, kl_total, count, t0 = 0.0, 0.0, 0, time.time()
+        # scheduled sampling: the chance of feeding the model its own prediction rises linearly 0 -> sched_sampling
+        self_feed = cfg.sched_sampling * epoch / max(1, cfg.dyn_epochs - 1) if cfg.sched_sampling > 0 else 1.0
         bar = tqdm(range(0, len(order), cfg.batch_size), disable=None, desc=f"dynamics epoch {epoch + 1}/{cfg.dyn_epochs}",
                    unit="batch", leave=False)
         for s in bar:
             rows = order[s:s + cfg.batch_size]
             batch = dynamics_batch(latents, cache, rows, cfg.history, cfg.unroll, episode_start)
-            loss = dynamics_loss(model, *batch, context_noise=cfg.context_noise)
+            loss = dynamics_loss(model, *batch, context_noise=cfg.context_noise, self_feed=self_feed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             total, count = total + loss.item() * len(rows), count + len(rows)
+            kl_total += model.mean_kl * len(rows)
             bar.set_postfix(loss=f"{total / count:.5f}")
         sched.step()
         model.eval()
@@ -1056,9 +1146,13 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         val_loss = sum(val) / max(1, len(val_rows_eval))
         if val_loss < best[0]:
             best = (val_loss, epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
-        log.add(epoch=epoch + 1, train_loss=total / count, val_loss=val_loss, pairs_per_s=count / (time.time() - t0))
+        extra_log = {"kl": kl_total / count} if model.stochastic else {}
+        if cfg.sched_sampling > 0:
+            extra_log["self_feed"] = self_feed
+        log.add(epoch=epoch + 1, train_loss=total / count, val_loss=val_loss, pairs_per_s=count / (time.time() - t0),
+                **extra_log)
         print(f"dynamics epoch {epoch + 1}/{cfg.dyn_epochs}: train {total / count:.5f}  val {val_loss:.5f}  "
-              f"({count / (time.time() - t0):.0f} pairs/s)")
+              + "".join(f"{k} {v:.4g}  " for k, v in extra_log.items()) + f"({count / (time.time() - t0):.0f} pairs/s)")
         torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "epoch": epoch + 1, "autoencoder_hash": ae_extra["hash"], "best_val": best[0],
                     "best_epoch": best[1], "best_model": best[2]}, state_path + ".tmp")

@@ -33,3 +33,16 @@ def tiny_run(tiny_dataset, tmp_path_factory) -> str:
                 "--history", "3", "--hidden", "32", "--unroll", "2", "--epochs", "1", "--batch-size", "32",
                 "--cache-dir", os.path.join(out, "cache"), "--spot-check", os.path.join(out, "spot.png")])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_run(tiny_dataset, tmp_path_factory) -> str:
+    """The same tiny set-up with VAE (stochastic) dynamics and scheduled sampling."""
+    import train
+    out = str(tmp_path_factory.mktemp("vae_run"))
+    train.main(["--dataset", tiny_dataset, "--out", out, "--ae-arch", "spatial", "--ae-width", "8",
+                "--latent-channels", "2", "--history", "2", "--hidden", "32", "--unroll", "3", "--epochs", "2",
+                "--batch-size", "32", "--dynamics", "vae", "--noise-dim", "4", "--beta", "0.01",
+                "--sched-sampling", "0.5", "--temperature", "0.7", "--cache-dir", os.path.join(out, "cache"),
+                "--spot-check", ""])
+    return out

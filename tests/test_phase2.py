@@ -134,3 +134,15 @@ def test_sweep_file_errors_name_the_problem(tmp_path):
     dup.write_text("base: configs/tetris.yaml\nsettings:\n  - {name: a}\n  - {name: a}\n")
     with pytest.raises(SystemExit, match="unique name"):
         sweep.load_sweep(str(dup))
+
+
+def test_init_autoencoder_starts_from_the_given_weights_and_refuses_another_arch(tiny_dataset, tiny_run, tmp_path):
+    base = ["--dataset", tiny_dataset, "--ae-arch", "spatial", "--ae-width", "8", "--latent-channels", "2",
+            "--change-weight", "5", "--batch-size", "32", "--stage", "ae", "--ae-epochs", "0", "--spot-check", "",
+            "--cache-dir", os.path.join(tiny_run, "cache"), "--init-autoencoder", os.path.join(tiny_run, "autoencoder.pt")]
+    train.main(base + ["--out", str(tmp_path / "ft")])
+    start, _ = train.load_model(os.path.join(tiny_run, "autoencoder.pt"), "autoencoder")
+    copy, _ = train.load_model(str(tmp_path / "ft" / "autoencoder.pt"), "autoencoder")
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), copy.state_dict().values()))
+    with pytest.raises(SystemExit, match="another architecture"):
+        train.main(base + ["--out", str(tmp_path / "deep"), "--ae-depth", "4"])
