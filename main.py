@@ -164,7 +164,7 @@ class FrameStats:
     """Per-frame brightness, contrast and NaNs over a long headless run, with sampled frames."""
 
     def __init__(self, frames: int, sample_seconds=(0, 60, 600), steps_per_second: int = 30):
-        self.mean, self.std, self.samples = [], [], {}
+        self.mean, self.std, self.change, self.samples, self.last = [], [], [], {}, None
         # the last sample lands on the last frame played (frame 18000 of a 10-minute run is t = 17999)
         self.sample_at = {min(int(s * steps_per_second), frames - 1): s for s in sample_seconds
                           if s * steps_per_second <= frames}
@@ -173,6 +173,9 @@ class FrameStats:
         f = frame.astype(np.float64) / 255
         self.mean.append(float(f.mean()))
         self.std.append(float(f.std()))
+        # mean |pixel change| since the previous frame: a dream that froze (mode collapse) goes to 0
+        self.change.append(float(np.abs(f - self.last).mean()) if self.last is not None else 0.0)
+        self.last = f
         if t in self.sample_at:
             self.samples[self.sample_at[t]] = frame.copy()
 
@@ -206,6 +209,10 @@ class FrameStats:
         out = {"frames": len(m), "nan_frames": int(np.isnan(m).sum()),
                "brightness": [float(m.min()), float(m.max())], "contrast": [float(s.min()), float(s.max())],
                "reference": reference}
+        change = np.array(self.change)
+        minutes = [change[i:i + 1800] for i in range(0, len(change), 1800)]
+        out["frame_change_per_minute"] = [float(c.mean()) for c in minutes]  # mean |pixel change| per step
+        out["frames_changing_per_minute"] = [float((c > 1e-3).mean()) for c in minutes]
         if reference:
             inside = lambda x, r: float(((x >= r[0]) & (x <= r[1])).mean())
             out["brightness_inside_real_range"] = inside(m, reference["brightness"])

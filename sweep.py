@@ -115,7 +115,9 @@ def stability(world: train.WorldModel, frames: int, actions_path: str, reference
         frame = env.step(source(t))
         stats(t, frame)
     m, s = np.array(stats.mean), np.array(stats.std)
+    change = np.array(stats.change)
     out = {"frames": frames, "nan_frames": int(np.isnan(m).sum()), "contrast": s.tolist()[::30],
+           "frame_change_per_minute": [float(change[i:i + 1800].mean()) for i in range(0, frames, 1800)],
            "brightness": m.tolist()[::30], "samples": {str(k): v.tolist() for k, v in stats.samples.items()}}
     if reference:
         for key, series in (("brightness", m), ("contrast", s)):
