@@ -238,8 +238,9 @@ def plot(sweep: dict, scores: dict, horizons: list[int], prefix: str):
     xs = {s["name"]: s.get("x") for s in sweep["settings"]}
     fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
     for name, sc in scores.items():
-        ax[0].plot(horizons, [sc["horizons"][str(h)]["model"]["changed_l1"] for h in horizons], "o-", label=labels[name])
-        ax[1].plot(horizons, [sc["horizons"][str(h)]["model"]["ssim"] for h in horizons], "o-", label=labels[name])
+        label = labels[name] + (f" ({xs[name]})" if xs.get(name) is not None else "")
+        ax[0].plot(horizons, [sc["horizons"][str(h)]["model"]["changed_l1"] for h in horizons], "o-", label=label)
+        ax[1].plot(horizons, [sc["horizons"][str(h)]["model"]["ssim"] for h in horizons], "o-", label=label)
     for a, title in ((ax[0], "rollout L1 on changed pixels (lower is better)"), (ax[1], "rollout whole-frame SSIM")):
         a.set_xlabel("steps ahead")
         a.set_title(title, fontsize=10)
@@ -248,7 +249,7 @@ def plot(sweep: dict, scores: dict, horizons: list[int], prefix: str):
     if all(xs[n] is not None for n in names) and sweep.get("x"):
         groups = {}
         for n in names:
-            groups.setdefault(labels[n].split(",")[0], []).append(n)
+            groups.setdefault(labels[n], []).append(n)
         for group, members in groups.items():
             members = sorted(members, key=lambda n: xs[n])
             ax[2].plot([xs[n] for n in members], [scores[n]["reconstruction"]["ssim"] for n in members], "o-",
