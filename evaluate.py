@@ -87,19 +87,25 @@ def to_numpy(frames: torch.Tensor) -> np.ndarray:
     return frames.squeeze(1).clamp(0, 1).double().numpy()
 
 
-@torch.no_grad()
-def evaluate_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[int], batch: int = 100):
-    """-> {method: (len(horizons), N, H, W) predicted frames}, real (len(horizons), N, H, W), start (N, H, W)."""
-    H = max(horizons)
-    hi = np.array(horizons) - 1
+def rollout_batches(world: WorldModel, cache, starts: np.ndarray, steps: int, batch: int = 100):
+    """Yields (rows, context frames (B, K, 1, H, W), the actions that led into them (B, K, 8), the recorded
+    actions a_t .. a_{t+steps-1} (B, steps, 8)) for the starts, batch by batch."""
     ep_start = cache.episode_start
-    preds = {"model": [], "copy-last-latent": [], "autoencoder oracle": []}
     for s in range(0, len(starts), batch):
         rows = starts[s:s + batch]
         ctx = context_indices(rows, world.history, ep_start)
-        frames = torch.from_numpy(cache.frames[ctx]).float().div(255).unsqueeze(2)  # (B, K, 1, H, W)
+        frames = torch.from_numpy(cache.frames[ctx]).float().div(255).unsqueeze(2)
         a_past = torch.from_numpy(past_actions(cache.actions, ctx, ep_start)).float()
-        future = torch.from_numpy(cache.actions[rows[:, None] + np.arange(H)]).float()  # a_t .. a_{t+H-1}
+        future = torch.from_numpy(cache.actions[rows[:, None] + np.arange(steps)]).float()
+        yield rows, frames, a_past, future
+
+
+@torch.no_grad()
+def evaluate_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[int], batch: int = 100):
+    """-> {method: (len(horizons), N, H, W) predicted frames}, real (len(horizons), N, H, W), start (N, H, W)."""
+    hi = np.array(horizons) - 1
+    preds = {"model": [], "copy-last-latent": [], "autoencoder oracle": []}
+    for rows, frames, a_past, future in rollout_batches(world, cache, starts, max(horizons), batch):
         z = rollout(world, frames, a_past, future)[:, hi]  # (B, len(h), D)
         b, nh = z.shape[:2]
         preds["model"].append(to_numpy(world.decode(z.flatten(0, 1))).reshape(b, nh, *frames.shape[-2:]))
@@ -115,18 +121,12 @@ def evaluate_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[
 def sample_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[int], k: int, temperature: float,
                  seed: int, batch: int = 100) -> np.ndarray:
     """k seeded rollouts of a stochastic model at this temperature -> (k, len(horizons), N, H, W) frames."""
-    H, hi = max(horizons), np.array(horizons) - 1
-    ep_start = cache.episode_start
+    hi = np.array(horizons) - 1
     out = []
     for i in range(k):
         torch.manual_seed(seed * 1000 + i)
         frames_i = []
-        for s in range(0, len(starts), batch):
-            rows = starts[s:s + batch]
-            ctx = context_indices(rows, world.history, ep_start)
-            frames = torch.from_numpy(cache.frames[ctx]).float().div(255).unsqueeze(2)
-            a_past = torch.from_numpy(past_actions(cache.actions, ctx, ep_start)).float()
-            future = torch.from_numpy(cache.actions[rows[:, None] + np.arange(H)]).float()
+        for rows, frames, a_past, future in rollout_batches(world, cache, starts, max(horizons), batch):
             z = rollout(world, frames, a_past, future, temperature)[:, hi]
             b, nh = z.shape[:2]
             frames_i.append(to_numpy(world.decode(z.flatten(0, 1))).reshape(b, nh, *frames.shape[-2:]))

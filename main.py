@@ -179,6 +179,24 @@ class FrameStats:
         if t in self.sample_at:
             self.samples[self.sample_at[t]] = frame.copy()
 
+    def summary(self, reference: dict | None) -> dict:
+        """The numbers behind report(): ranges, NaNs, frame-to-frame change per minute, and the share of
+        frames inside the real frames' ranges (whole run and first minute)."""
+        m, s = np.array(self.mean), np.array(self.std)
+        out = {"frames": len(m), "nan_frames": int(np.isnan(m).sum()),
+               "brightness": [float(m.min()), float(m.max())], "contrast": [float(s.min()), float(s.max())],
+               "reference": reference}
+        change = np.array(self.change)
+        minutes = [change[i:i + 1800] for i in range(0, len(change), 1800)]
+        out["frame_change_per_minute"] = [float(c.mean()) for c in minutes]  # mean |pixel change| per step
+        out["frames_changing_per_minute"] = [float((c > 1e-3).mean()) for c in minutes]
+        if reference:
+            inside = lambda x, r: float(((x >= r[0]) & (x <= r[1])).mean())
+            for key, series in (("brightness", m), ("contrast", s)):
+                out[f"{key}_inside_real_range"] = inside(series, reference[key])
+                out[f"{key}_inside_real_range_first_minute"] = inside(series[:1800], reference[key])
+        return out
+
     def report(self, prefix: str, reference: dict | None) -> dict:
         import matplotlib
         matplotlib.use("Agg")
@@ -205,19 +223,7 @@ class FrameStats:
             fig.tight_layout()
             save_figure(fig, prefix + "_frames.png")
             plt.close(fig)
-        m, s = np.array(self.mean), np.array(self.std)
-        out = {"frames": len(m), "nan_frames": int(np.isnan(m).sum()),
-               "brightness": [float(m.min()), float(m.max())], "contrast": [float(s.min()), float(s.max())],
-               "reference": reference}
-        change = np.array(self.change)
-        minutes = [change[i:i + 1800] for i in range(0, len(change), 1800)]
-        out["frame_change_per_minute"] = [float(c.mean()) for c in minutes]  # mean |pixel change| per step
-        out["frames_changing_per_minute"] = [float((c > 1e-3).mean()) for c in minutes]
-        if reference:
-            inside = lambda x, r: float(((x >= r[0]) & (x <= r[1])).mean())
-            out["brightness_inside_real_range"] = inside(m, reference["brightness"])
-            out["contrast_inside_real_range"] = inside(s, reference["contrast"])
-        return out
+        return self.summary(reference)
 
 
 def reference_ranges(dataset: str, image_size: int) -> dict | None:
@@ -230,19 +236,24 @@ def reference_ranges(dataset: str, image_size: int) -> dict | None:
             "contrast": [float(np.percentile(s, 0.5)), float(np.percentile(s, 99.5))]}
 
 
-def benchmark(env: NeuralTetris, args) -> dict:
-    """Model-only FPS (dynamics step + decode) and full-loop FPS (plus upscale and blit), uncapped."""
-    rng = np.random.default_rng(0)
+def model_fps(env: NeuralTetris, frames: int) -> tuple[float, np.ndarray]:
+    """Model-only FPS (dynamics step + decode) over seeded random buttons, after 20 warm-up steps
+    (and compilation, if on). -> (FPS, the buttons pressed after warm-up)."""
     env.reset()
-    actions = (rng.random((args.frames + 20, 8)) < 0.1).astype(np.uint8)
-    for a in actions[:20]:  # warm-up (and compilation, if on)
+    actions = (np.random.default_rng(0).random((frames + 20, 8)) < 0.1).astype(np.uint8)
+    for a in actions[:20]:
         env.step(a)
     t0 = time.perf_counter()
     for a in actions[20:]:
         env.step(a)
-    model_fps = args.frames / (time.perf_counter() - t0)
+    return frames / (time.perf_counter() - t0), actions[20:]
+
+
+def benchmark(env: NeuralTetris, args) -> dict:
+    """Model-only FPS (dynamics step + decode) and full-loop FPS (plus upscale and blit), uncapped."""
+    fps, actions = model_fps(env, args.frames)
     loop = Game(env, headless=True, fps=0).run(args.frames, actions=lambda t: actions[t])
-    return {"model_only_fps": model_fps, "full_loop_fps": loop["fps"], "frames": args.frames,
+    return {"model_only_fps": fps, "full_loop_fps": loop["fps"], "frames": args.frames,
             "torch_threads": torch.get_num_threads(), "device": str(env.world.device)}
 
 

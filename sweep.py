@@ -93,18 +93,6 @@ def train_setting(cfg: train.Config, autoencoder: str | None = None) -> None:
     os.replace(marker + ".tmp", marker)
 
 
-def play_fps(world: train.WorldModel, frames: int = 300) -> float:
-    env = play.NeuralTetris(world)
-    env.reset()
-    actions = (np.random.default_rng(0).random((frames + 20, 8)) < 0.1).astype(np.uint8)
-    for a in actions[:20]:
-        env.step(a)
-    t0 = time.perf_counter()
-    for a in actions[20:]:
-        env.step(a)
-    return frames / (time.perf_counter() - t0)
-
-
 def stability(world: train.WorldModel, frames: int, actions_path: str, reference: dict | None) -> dict:
     """Frame statistics over a long headless run with the given buttons, as main.py --stats measures them."""
     env = play.NeuralTetris(world)
@@ -114,18 +102,9 @@ def stability(world: train.WorldModel, frames: int, actions_path: str, reference
     for t in range(frames):
         frame = env.step(source(t))
         stats(t, frame)
-    m, s = np.array(stats.mean), np.array(stats.std)
-    change = np.array(stats.change)
-    out = {"frames": frames, "nan_frames": int(np.isnan(m).sum()), "contrast": s.tolist()[::30],
-           "frame_change_per_minute": [float(change[i:i + 1800].mean()) for i in range(0, frames, 1800)],
-           "brightness": m.tolist()[::30], "samples": {str(k): v.tolist() for k, v in stats.samples.items()}}
-    if reference:
-        for key, series in (("brightness", m), ("contrast", s)):
-            lo, hi = reference[key]
-            out[f"{key}_inside_real_range_first_minute"] = float(((series[:1800] >= lo) & (series[:1800] <= hi)).mean())
-            out[f"{key}_inside_real_range"] = float(((series >= lo) & (series <= hi)).mean())
-        out["reference"] = reference
-    return out
+    # main.py's numbers, with the brightness and contrast series (one value per second) for the plots
+    return stats.summary(reference) | {"contrast": stats.std[::30], "brightness": stats.mean[::30],
+                                       "samples": {str(k): v.tolist() for k, v in stats.samples.items()}}
 
 
 def score_setting(cfg: train.Config, args, cache, starts, real, start, lpips_model, reference) -> dict:
@@ -154,7 +133,7 @@ def score_setting(cfg: train.Config, args, cache, starts, real, start, lpips_mod
     scores["autoencoder_parameters"] = sum(p.numel() for p in world.autoencoder.parameters())
     scores["dynamics_parameters"] = sum(p.numel() for p in world.dynamics.parameters())
     scores["latent_size"] = int(np.prod(world.latent_shape))
-    scores["play_fps"] = play_fps(world)
+    scores["play_fps"] = play.model_fps(play.NeuralTetris(world), 300)[0]
     scores["val_l1"] = train.read_checkpoint(os.path.join(cfg.out, "autoencoder.pt"), "autoencoder").get("val_l1")
     if world.stochastic and args.samples:
         samples = evaluate.sample_world(world, cache, starts, args.horizons, args.samples, args.temperature, args.seed)

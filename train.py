@@ -481,6 +481,10 @@ class DynamicsModel(nn.Module):
                 nn.init.zeros_(m.bias)
         self.net[-1].weight.data.mul_(0.1)  # start near "nothing moves"
 
+    @classmethod
+    def from_config(cls, cfg: "Config", latent_dim: int) -> "DynamicsModel":
+        return cls(latent_dim, cfg.history, cfg.hidden)
+
     def set_latent_stats(self, z: torch.Tensor):
         """z: (N, D) training latents."""
         self.z_mean.copy_(z.mean(0))
@@ -530,6 +534,10 @@ class VAEDynamicsModel(DynamicsModel):
         nn.init.zeros_(self.posterior[-1].bias)
         self.last_kl = torch.zeros(())
 
+    @classmethod
+    def from_config(cls, cfg: "Config", latent_dim: int) -> "VAEDynamicsModel":
+        return cls(latent_dim, cfg.history, cfg.hidden, cfg.noise_dim, cfg.beta)
+
     def context(self, z_hist, a_hist):
         return torch.cat([self.normalize(z_hist), a_hist], dim=-1).flatten(1)
 
@@ -562,9 +570,7 @@ DYNAMICS = {"deterministic": DynamicsModel, "vae": VAEDynamicsModel}
 
 
 def build_dynamics(cfg: Config, latent_dim: int) -> nn.Module:
-    if cfg.dynamics == "vae":
-        return VAEDynamicsModel(latent_dim, cfg.history, cfg.hidden, cfg.noise_dim, cfg.beta)
-    return DYNAMICS[cfg.dynamics](latent_dim, cfg.history, cfg.hidden)
+    return DYNAMICS[cfg.dynamics].from_config(cfg, latent_dim)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -938,8 +944,8 @@ def cosine_schedule(opt, epochs: int, lr: float, start_epoch: int):
 
 
 AE_KEYS = ["dataset", "seed", "image_size", "val_frac", "ae_arch", "latent_dim", "latent_channels", "ae_width",
-           "ae_depth", "change_weight", "perceptual", "perceptual_weight", "perceptual_batch", "latent_noise", "init_autoencoder", "ae_lr", "batch_size",
-           "ae_samples_per_epoch"]
+           "ae_depth", "change_weight", "perceptual", "perceptual_weight", "perceptual_batch", "latent_noise",
+           "init_autoencoder", "ae_lr", "batch_size", "ae_samples_per_epoch"]
 DYN_KEYS = AE_KEYS + ["dynamics", "history", "hidden", "dyn_lr", "unroll", "context_noise", "dyn_samples_per_epoch",
                       "init_dynamics", "sched_sampling", "noise_dim", "beta"]
 
