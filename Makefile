@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data train candidate sweeps evaluate bench clean
+.PHONY: play test venv data train train-phase1 candidate sweeps evaluate bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -25,22 +25,32 @@ data: venv
 	$(PY) collect.py --episodes 50 --max-steps 1200 --seed 0 --out data/tetris_train
 	$(PY) collect.py --episodes 20 --max-steps 1200 --seed 1000 --out data/tetris_test
 
-# The shipped models (phase 1): autoencoder and dynamics, then the dynamics fine-tuned on 12-step rollouts.
+# What ships in checkpoints/tetris (phases 2 and 3): the phase 1 autoencoder, fine-tuned with a VGG16
+# perceptual loss and latent noise; VAE dynamics on it (4-step rollouts), then fine-tuned on 12-step
+# rollouts with the temperature-0 prediction fitted and fed forward. About 66 min here.
 train: venv
+	$(PY) train.py --config configs/tetris.yaml --dataset data/tetris_train --stage ae
+	$(PY) train.py --config configs/tetris_p2.yaml --dataset data/tetris_train --stage ae
+	mkdir -p runs/tetris_p3 runs/tetris_p3_mw
+	cp runs/tetris_p2/autoencoder.pt runs/tetris_p3/ && cp runs/tetris_p2/autoencoder.pt runs/tetris_p3_mw/
+	$(PY) train.py --config configs/tetris_p3.yaml --dataset data/tetris_train --stage dynamics
+	$(PY) train.py --config configs/tetris_p3_mw.yaml --dataset data/tetris_train --stage dynamics --export checkpoints/tetris
+
+# Phase 1's model (checkpoints/phase1, kept for comparison): deterministic dynamics, fine-tuned on 12-step rollouts.
+train-phase1: venv
 	$(PY) train.py --config configs/tetris.yaml --dataset data/tetris_train
 	mkdir -p runs/tetris_ft && cp runs/tetris/autoencoder.pt runs/tetris_ft/
-	$(PY) train.py --config configs/tetris_finetune.yaml --dataset data/tetris_train --stage dynamics --export checkpoints/tetris
+	$(PY) train.py --config configs/tetris_finetune.yaml --dataset data/tetris_train --stage dynamics --export checkpoints/phase1
 
-# The phase 2/3 candidate (not shipped: it loses to the shipped model on the changed pixels, see README):
-# the phase 1 autoencoder fine-tuned with a VGG perceptual loss and latent noise, VAE dynamics on it,
-# then those fine-tuned on 12-step rollouts. Needs runs/tetris from make train.
+# The first phase 2/3 candidate (not shipped: its VAE dynamics lost on the changed pixels, see README).
+# Needs runs/tetris_p2/autoencoder.pt from make train.
 candidate: venv
-	$(PY) train.py --config configs/tetris_p2.yaml --dataset data/tetris_train
 	mkdir -p runs/tetris_p2_ft && cp runs/tetris_p2/autoencoder.pt runs/tetris_p2_ft/
+	$(PY) train.py --config configs/tetris_p2.yaml --dataset data/tetris_train --stage dynamics
 	$(PY) train.py --config configs/tetris_p2_finetune.yaml --dataset data/tetris_train --stage dynamics
 
 # Phase 2 and 3 sweeps: each trains its settings into runs/sweeps/ and writes results/sweep_<name>.*
-# (vae_beta and multistep need runs/tetris_p2/autoencoder.pt from make candidate)
+# (vae_beta and multistep need runs/tetris_p2/autoencoder.pt from make train)
 sweeps: venv
 	for s in perceptual latent_noise capacity vae_beta multistep; do $(PY) sweep.py configs/sweeps/$$s.yaml || exit 1; done
 

@@ -312,8 +312,9 @@ def main(argv=None):
     recorded = [] if args.record else None
     result = Game(env, args.headless, args.fps).run(args.frames, action_source(args.actions, args.seed),
                                                     recorded, stats)
+    temp = f", temperature {env.temperature:g}" if world.stochastic else ""
     print(f"played {result['frames']} frames in {result['seconds']:.1f} s ({result['fps']:.1f} FPS, "
-          f"{'headless' if args.headless else 'window'})")
+          f"{'headless' if args.headless else 'window'}{temp})")
     if recorded:
         write_gif(recorded, args.record)
         print(f"wrote {args.record}")

@@ -73,6 +73,8 @@ class Config:
                                        # 0: always its own prediction (plain multi-step rollout training)
     noise_dim: int = 32                # vae dynamics: size of the noise code e that picks one future
     beta: float = 0.001                # vae dynamics: loss = MSE(delta) + beta * KL(q(e | ...) || N(0, I))
+    mean_weight: float = 0.0           # vae dynamics: > 0 also fits the temperature-0 prediction (e = 0) with this
+                                       # weight and feeds it, not the posterior's, to the next --unroll step
     temperature: float = 0.5           # vae dynamics: the temperature main.py plays at unless --temperature is given
 
     def __post_init__(self):
@@ -90,8 +92,8 @@ class Config:
             raise ValueError(f"perceptual must be '' or one of {sorted(PERCEPTUAL)}, not {self.perceptual!r}")
         if self.latent_noise < 0 or self.perceptual_weight < 0:
             raise ValueError("latent_noise and perceptual_weight must be >= 0")
-        if not 0 <= self.sched_sampling <= 1 or self.beta < 0 or self.noise_dim < 1:
-            raise ValueError("sched_sampling must be in [0, 1], beta >= 0 and noise_dim >= 1")
+        if not 0 <= self.sched_sampling <= 1 or self.beta < 0 or self.noise_dim < 1 or self.mean_weight < 0:
+            raise ValueError("sched_sampling must be in [0, 1], beta >= 0, mean_weight >= 0 and noise_dim >= 1")
 
 
 def load_config(path: str | None, overrides: dict) -> Config:
@@ -519,14 +521,20 @@ class VAEDynamicsModel(DynamicsModel):
     Training reparameterises e = mean + std * eps and minimises MSE(delta) + beta * KL(q || N(0, I)),
     the KL summed over the code and averaged over the batch. Playing draws e = temperature * eps from
     the prior: temperature 0 gives the model's central future (deterministic), temperature 1 one of the
-    futures it has learned to tell apart (which piece comes next, when gravity strikes)."""
+    futures it has learned to tell apart (which piece comes next, when gravity strikes).
+
+    The posterior sees the true delta, so in multi-step training a rollout fed its posterior predictions
+    is steered by the truth at every step and never learns to recover from its own temperature-0 errors.
+    With mean_weight > 0 the loss also fits the e = 0 prediction (weighted), and that prediction is the one
+    fed forward: temperature 0 is then trained as the deterministic model is."""
 
     stochastic = True
+    training_only = ("posterior.",)  # weights that only training uses: exports for play leave them out
 
     def __init__(self, latent_dim: int, history: int = 1, hidden: int = 128, noise_dim: int = 32,
-                 beta: float = 1e-3):
+                 beta: float = 1e-3, mean_weight: float = 0.0):
         super().__init__(latent_dim, history, hidden, extra_in=noise_dim)
-        self.noise_dim, self.beta = noise_dim, beta
+        self.noise_dim, self.beta, self.mean_weight = noise_dim, beta, mean_weight
         d_ctx = history * (latent_dim + 8)
         self.posterior = nn.Sequential(nn.LayerNorm(d_ctx + latent_dim), nn.Linear(d_ctx + latent_dim, hidden),
                                        nn.GELU(), nn.Linear(hidden, 2 * noise_dim))
@@ -536,7 +544,7 @@ class VAEDynamicsModel(DynamicsModel):
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int) -> "VAEDynamicsModel":
-        return cls(latent_dim, cfg.history, cfg.hidden, cfg.noise_dim, cfg.beta)
+        return cls(latent_dim, cfg.history, cfg.hidden, cfg.noise_dim, cfg.beta, cfg.mean_weight)
 
     def context(self, z_hist, a_hist):
         return torch.cat([self.normalize(z_hist), a_hist], dim=-1).flatten(1)
@@ -554,7 +562,8 @@ class VAEDynamicsModel(DynamicsModel):
         return torch.maximum(torch.minimum(z, self.z_max), self.z_min)
 
     def loss(self, z_hist, a_hist, z_next):
-        """MSE of the normalised delta with e drawn from the posterior, plus beta * KL; -> (loss, prediction)."""
+        """MSE of the normalised delta with e drawn from the posterior, plus beta * KL, plus mean_weight times
+        the MSE at e = 0; -> (loss, the prediction to feed forward: e = 0's if mean_weight > 0)."""
         x = self.context(z_hist, a_hist)
         delta = (z_next - z_hist[:, -1]) / self.z_scale
         mean, log_var = self.posterior(torch.cat([x, delta], dim=-1)).chunk(2, dim=-1)
@@ -563,7 +572,11 @@ class VAEDynamicsModel(DynamicsModel):
         pred = z_hist[:, -1] + self.net(torch.cat([x, e], dim=-1)) * self.z_scale
         kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(-1).mean()
         self.last_kl = kl.detach()
-        return F.mse_loss(pred / self.z_scale, z_next / self.z_scale) + self.beta * kl, pred
+        loss = F.mse_loss(pred / self.z_scale, z_next / self.z_scale) + self.beta * kl
+        if self.mean_weight > 0:
+            pred = z_hist[:, -1] + self.net(torch.cat([x, torch.zeros_like(e)], dim=-1)) * self.z_scale
+            loss = loss + self.mean_weight * F.mse_loss(pred / self.z_scale, z_next / self.z_scale)
+        return loss, pred
 
 
 DYNAMICS = {"deterministic": DynamicsModel, "vae": VAEDynamicsModel}
@@ -758,12 +771,15 @@ def state_hash(state_dict: dict) -> str:
 
 def save_checkpoint(path: str, kind: str, cfg: Config, model: nn.Module, half: bool = False, **extra):
     """One file of plain types (loads with weights_only=True): format, kind, config, state_dict, extras.
-    Written to a temporary file, then renamed into place."""
+    Written to a temporary file, then renamed into place. half=True is the export for play: fp16, and
+    without the weights only training uses (the VAE's posterior), listed under "dropped"."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    dropped = list(getattr(model, "training_only", ())) if half else []
     if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()
+                 if not k.startswith(tuple(dropped))}
     payload = {"format": CHECKPOINT_FORMAT, "kind": kind, "config": dataclasses.asdict(cfg),
-               "state_dict": state, **extra}
+               "state_dict": state, **({"dropped": dropped} if dropped else {}), **extra}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     torch.save(payload, tmp)
@@ -796,6 +812,9 @@ def load_model(path: str, kind: str, latent_dim: int | None = None):
     cfg = config_from(ckpt)
     model = build_autoencoder(cfg) if kind == "autoencoder" else build_dynamics(cfg, latent_dim)
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    dropped = tuple(ckpt.get("dropped", ()))
+    if dropped:  # an export for play: keep the freshly built training-only weights
+        state |= {k: v for k, v in model.state_dict().items() if k.startswith(dropped)}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -947,7 +966,7 @@ AE_KEYS = ["dataset", "seed", "image_size", "val_frac", "ae_arch", "latent_dim",
            "ae_depth", "change_weight", "perceptual", "perceptual_weight", "perceptual_batch", "latent_noise",
            "init_autoencoder", "ae_lr", "batch_size", "ae_samples_per_epoch"]
 DYN_KEYS = AE_KEYS + ["dynamics", "history", "hidden", "dyn_lr", "unroll", "context_noise", "dyn_samples_per_epoch",
-                      "init_dynamics", "sched_sampling", "noise_dim", "beta"]
+                      "init_dynamics", "sched_sampling", "noise_dim", "beta", "mean_weight"]
 
 
 def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Module, dict]:
@@ -1098,6 +1117,9 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         init, init_ckpt = load_model(cfg.init_dynamics, "dynamics", latent_dim)
         if init_ckpt.get("autoencoder_hash") != ae_extra["hash"]:
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} was trained on another autoencoder")
+        if init_ckpt.get("dropped"):
+            raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} is an export for play without its "
+                             f"{', '.join(init_ckpt['dropped'])} weights; start from the run's dynamics.pt in runs/")
         model.load_state_dict(init.state_dict())
         print(f"dynamics: starting from {cfg.init_dynamics}")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.dyn_lr)

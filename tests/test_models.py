@@ -139,3 +139,10 @@ def test_init_dynamics_starts_from_the_given_checkpoint(tiny_dataset, tiny_run, 
     (tmp_path / "dynamics_train_state.pt").unlink(missing_ok=True)
     with pytest.raises(SystemExit, match="another autoencoder"):
         train.main(args[:-1] + [str(tmp_path / "other.pt")])
+    # an export for play (training-only weights left out) is refused too: fine-tuning needs the run's file
+    ckpt = torch.load(os.path.join(tiny_run, "dynamics.pt"), weights_only=True)
+    ckpt["dropped"] = ["posterior."]
+    torch.save(ckpt, tmp_path / "export.pt")
+    (tmp_path / "dynamics_train_state.pt").unlink(missing_ok=True)
+    with pytest.raises(SystemExit, match="export for play"):
+        train.main(args[:-1] + [str(tmp_path / "export.pt")])

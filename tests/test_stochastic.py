@@ -46,6 +46,51 @@ def test_temperature_zero_is_deterministic_and_one_samples():
         assert torch.equal(e, model.step(z_hist, a_hist, 1.0))  # seeded sampling replays
 
 
+def test_mean_weight_fits_and_feeds_forward_the_temperature_zero_prediction():
+    model = vae_model()
+    z_hist, a_hist, z_next = torch.randn(8, 2, 6), torch.zeros(8, 2, 8), torch.randn(8, 6)
+    torch.manual_seed(1)
+    plain_loss, plain_pred = model.loss(z_hist, a_hist, z_next)
+    model.mean_weight = 0.5
+    torch.manual_seed(1)
+    loss, pred = model.loss(z_hist, a_hist, z_next)
+    central = z_hist[:, -1] + model(z_hist, a_hist)  # e = 0: what temperature 0 plays
+    assert torch.allclose(pred, central) and not torch.allclose(plain_pred, central)
+    extra = torch.nn.functional.mse_loss(central / model.z_scale, z_next / model.z_scale)
+    assert torch.isclose(loss, plain_loss + 0.5 * extra)
+    loss.backward()  # the e = 0 term trains the transition
+    assert model.net[-1].weight.grad.abs().sum() > 0
+    cfg = train.Config(dynamics="vae", mean_weight=0.5, history=2, hidden=16, noise_dim=3)
+    assert train.build_dynamics(cfg, 6).mean_weight == 0.5
+    with pytest.raises(SystemExit, match="mean_weight"):
+        train.parse_args(["--dataset", "x", "--mean-weight", "-1"])
+
+
+def test_export_leaves_out_the_posterior_and_plays_the_same(tmp_path):
+    model = vae_model().eval()
+    cfg = train.Config(dynamics="vae", history=2, hidden=16, noise_dim=3, beta=0.01)
+    full, export = str(tmp_path / "full.pt"), str(tmp_path / "export.pt")
+    train.save_checkpoint(full, "dynamics", cfg, model)
+    train.save_checkpoint(export, "dynamics", cfg, model, half=True)
+    state = torch.load(export, weights_only=True)["state_dict"]
+    assert not any(k.startswith("posterior.") for k in state) and any(k.startswith("net.") for k in state)
+    full_state = torch.load(full, weights_only=True)["state_dict"]
+    assert set(full_state) - set(state) == {k for k in full_state if k.startswith("posterior.")}
+    loaded, ckpt = train.load_model(export, "dynamics", 6)
+    assert ckpt["dropped"] == ["posterior."]
+    z_hist, a_hist = torch.randn(4, 2, 6), torch.zeros(4, 2, 8)
+    with torch.no_grad():
+        assert torch.allclose(loaded.step(z_hist, a_hist, 0.0), model.step(z_hist, a_hist, 0.0), atol=1e-2)
+
+
+def test_shipped_checkpoint_is_stochastic_and_plays_at_its_default_temperature(capsys):
+    import main
+    world = train.WorldModel.load(os.path.join(os.path.dirname(__file__), "..", "checkpoints", "tetris"))
+    assert world.stochastic and world.default_temperature == 0.5
+    main.main(["--headless", "--frames", "3"])  # what make play runs, without a display
+    assert "temperature 0.5" in capsys.readouterr().out
+
+
 def test_scheduled_sampling_zero_is_teacher_forcing():
     model = train.DynamicsModel(6, history=2, hidden=16)
     model.set_latent_stats(torch.randn(100, 6))
