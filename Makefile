@@ -27,7 +27,7 @@ data: venv
 
 # What ships in checkpoints/tetris (phases 2 and 3): the phase 1 autoencoder, fine-tuned with a VGG16
 # perceptual loss and latent noise; VAE dynamics on it (4-step rollouts), then fine-tuned on 12-step
-# rollouts with the temperature-0 prediction fitted and fed forward. About 66 min here.
+# rollouts with the temperature-0 prediction fitted and fed forward. About 76 min here.
 train: venv
 	$(PY) train.py --config configs/tetris.yaml --dataset data/tetris_train --stage ae
 	$(PY) train.py --config configs/tetris_p2.yaml --dataset data/tetris_train --stage ae
