@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data train train-phase1 candidate sweeps evaluate bench clean
+.PHONY: play test venv data train train-phase1 train-long candidate sweeps evaluate bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -41,6 +41,12 @@ train-phase1: venv
 	$(PY) train.py --config configs/tetris.yaml --dataset data/tetris_train
 	mkdir -p runs/tetris_ft && cp runs/tetris/autoencoder.pt runs/tetris_ft/
 	$(PY) train.py --config configs/tetris_finetune.yaml --dataset data/tetris_train --stage dynamics --export checkpoints/phase1
+
+# Issue #3's stability experiment, not shipped: the shipped run fine-tuned with a 32-step long view
+# (configs/tetris_long.yaml). Needs runs/tetris_p2/autoencoder.pt and runs/tetris_p3_mw/dynamics.pt from make train.
+train-long: venv
+	mkdir -p runs/tetris_long && cp runs/tetris_p2/autoencoder.pt runs/tetris_long/
+	$(PY) train.py --config configs/tetris_long.yaml --dataset data/tetris_train --stage dynamics
 
 # The first phase 2/3 candidate (not shipped: its VAE dynamics lost on the changed pixels, see README).
 # Needs runs/tetris_p2/autoencoder.pt from make train.

@@ -12,6 +12,8 @@ autoencoder oracle (the true future frame encoded and decoded: the ceiling of la
 Whole-frame scores on Tetris are nearly saturated (little of the screen moves), so every metric is
 also reported on the changed pixels: where the real future frame differs from the start frame by
 more than --change-threshold. Metrics: L1, SSIM (scikit-image), LPIPS (AlexNet, real ImageNet weights).
+With the dataset's RAM column, one-step errors are also broken down by what the game did (--events):
+gravity, soft drop, shift, rotate, and lock/line clear/spawn.
 """
 from __future__ import annotations
 
@@ -277,6 +279,64 @@ def no_action_report(world: WorldModel, cache, starts: np.ndarray) -> dict:
     return out
 
 
+EVENTS = ("gravity: no button for 2 steps, piece falling", "soft drop: DOWN held", "shift: LEFT or RIGHT",
+          "rotate: A or B", "lock, line clear or spawn")
+
+
+def event_rows(cache, ram: np.ndarray, history: int) -> dict:
+    """Pairs (t, t+1) of the held-out set by what the game did, from the buttons and the RAM. The screen can
+    show the RAM's state a step late, so each event is judged over t-1..t+1. Gravity is the telling one:
+    with no button held, the falling piece drops one row every 24 steps at level 0 (faster higher up), on a
+    timer the screen does not show."""
+    import collect as C
+    rows = pair_indices(cache.episodes)
+    rows = rows[rows - cache.episode_start[rows] >= max(history, 2)]
+    a = cache.actions
+    playing = lambda r: (ram[r, C.GAME_MODE] == C.PLAYING)
+    falling = playing(rows) & np.all([ram[rows + d, C.PLAY_STATE] == C.FALLING for d in (-1, 0, 1)], axis=0)
+    pressed = lambda r, *bits: a[r][:, list(bits)].any(1)
+    idle = (a[rows].sum(1) == 0) & (a[rows - 1].sum(1) == 0)
+    return {EVENTS[0]: rows[falling & idle],
+            EVENTS[1]: rows[falling & pressed(rows, 5)],
+            EVENTS[2]: rows[falling & pressed(rows, 6, 7) & ~pressed(rows, 5)],
+            EVENTS[3]: rows[falling & pressed(rows, 0, 1) & ~pressed(rows, 5, 6, 7)],
+            EVENTS[4]: rows[playing(rows) & np.isin(ram[rows, C.PLAY_STATE], range(2, 9))]}
+
+
+@torch.no_grad()
+def event_report(worlds: dict, cache, ram: np.ndarray, n: int, seed: int, threshold: float) -> dict:
+    """One-step changed-pixel L1 per kind of event (event_rows), on up to n pairs with changed pixels each:
+    for each model, its autoencoder oracle, and copy-last-frame. -> {event: {"pairs": .., method: L1}}."""
+    history = max(w.history for w in worlds.values())
+    out = {}
+    for i, (event, rows) in enumerate(event_rows(cache, ram, history).items()):
+        moved = rows[(np.abs(cache.frames[rows + 1].astype(np.int16) - cache.frames[rows]) > threshold * 255)
+                     .any(axis=(1, 2))]
+        picked = np.sort(np.random.default_rng([seed, i]).choice(moved, min(n, len(moved)), replace=False))
+        if len(picked) == 0:
+            continue
+        real, start = real_frames(cache, picked, [1])
+        mask = np.abs(real[0] - start) > threshold
+        changed = lambda pred: float(((np.abs(pred - real[0]) * mask).sum(axis=(1, 2)) / mask.sum(axis=(1, 2))).mean())
+        row = {"pairs": len(picked), "copy-last-frame": changed(start)}
+        for name, world in worlds.items():
+            preds = evaluate_world(world, cache, picked, [1])
+            tag = f" ({name})" if len(worlds) > 1 else ""
+            row["model" + tag] = changed(preds["model"][0])
+            row["autoencoder oracle" + tag] = changed(preds["autoencoder oracle"][0])
+        out[event] = row
+    return out
+
+
+def event_table(events: dict, threshold: float) -> str:
+    methods = list(next(iter(events.values())))[1:]
+    lines = [f"Changed-pixel L1 one step ahead (threshold {threshold}), by what the game did (`--events`):\n",
+             "| event | pairs | " + " | ".join(methods) + " |", "|---" * (2 + len(methods)) + "|"]
+    lines += [f"| {event} | {r['pairs']} | " + " | ".join(f"{r[m]:.3f}" for m in methods) + " |"
+              for event, r in events.items()]
+    return "\n".join(lines)
+
+
 def load_ram(dataset: str) -> np.ndarray:
     """(N, 2048) uint8 RAM snapshots, in the cache's (episode, step) row order."""
     from train import open_dataset
@@ -370,6 +430,9 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=5,
                    help="stochastic models: seeded samples per start for the mean-of-k and best-of-k rows (0 = none)")
     p.add_argument("--temperature", type=float, default=1.0, help="stochastic models: temperature of those samples")
+    p.add_argument("--events", type=int, default=300,
+                   help="score one-step predictions on up to this many pairs per kind of event (gravity, soft drop, "
+                        "shift, rotate, lock/clear/spawn), found from the dataset's RAM column; 0 = skip")
     p.add_argument("--autoencoder-figures", action="store_true",
                    help="also write OUT_reconstructions.png and OUT_edge_cases.png (needs the dataset's RAM column)")
     args = p.parse_args(argv)
@@ -419,6 +482,12 @@ def main(argv=None):
     order = [m for m in results if m.startswith("model")] + [m for m in results if not m.startswith("model")]
     results = {m: results[m] for m in order}
     no_action = {name: no_action_report(world, cache, starts) for name, world in worlds.items()}
+    events = {}
+    if args.events > 0:
+        try:
+            events = event_report(worlds, cache, load_ram(args.dataset), args.events, args.seed, args.change_threshold)
+        except DatasetError as e:
+            print(f"events: skipped ({e})")
 
     table = markdown_table(results, args.horizons, args.change_threshold)
     command = "python evaluate.py " + " ".join(argv)
@@ -427,6 +496,8 @@ def main(argv=None):
               f"(fingerprint {cache.fingerprint}), driven by the recorded buttons.\n\n")
     notes = "\n\n## No-action check (one step from the same starts)\n\n" + "\n".join(
         f"- {name}: " + "; ".join(f"{k} {v:.5f}" for k, v in r.items()) for name, r in no_action.items())
+    if events:
+        notes += "\n\n## By event\n\n" + event_table(events, args.change_threshold) + "\n"
     if diversity:
         notes += (f"\n\n## Diversity between {args.samples} samples at temperature {args.temperature:g}\n\n"
                   "Mean L1 between pairs of samples from the same start and buttons, and the fraction of pixels "
@@ -443,7 +514,7 @@ def main(argv=None):
                "checkpoints": {n: {"autoencoder_hash": w.autoencoder_hash} for n, w in worlds.items()},
                "seed": args.seed, "starts": len(starts), "horizons": args.horizons,
                "change_threshold": args.change_threshold, "results": results, "no_action": no_action,
-               "samples": args.samples, "temperature": args.temperature, "diversity": diversity,
+               "samples": args.samples, "temperature": args.temperature, "diversity": diversity, "events": events,
                "seconds": time.time() - t0}
     for path, text in ((args.out + ".md", header + table + notes + "\n"),
                        (args.out + ".json", json.dumps(payload, indent=1))):

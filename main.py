@@ -165,6 +165,7 @@ class FrameStats:
 
     def __init__(self, frames: int, sample_seconds=(0, 60, 600), steps_per_second: int = 30):
         self.mean, self.std, self.change, self.samples, self.last = [], [], [], {}, None
+        self.steps_per_second, self.each_second = steps_per_second, []  # one frame a second, for realism
         # the last sample lands on the last frame played (frame 18000 of a 10-minute run is t = 17999)
         self.sample_at = {min(int(s * steps_per_second), frames - 1): s for s in sample_seconds
                           if s * steps_per_second <= frames}
@@ -178,6 +179,8 @@ class FrameStats:
         self.last = f
         if t in self.sample_at:
             self.samples[self.sample_at[t]] = frame.copy()
+        if t % self.steps_per_second == 0:
+            self.each_second.append(frame.copy())
 
     def summary(self, reference: dict | None) -> dict:
         """The numbers behind report(): ranges, NaNs, frame-to-frame change per minute, and the share of
@@ -185,7 +188,7 @@ class FrameStats:
         m, s = np.array(self.mean), np.array(self.std)
         out = {"frames": len(m), "nan_frames": int(np.isnan(m).sum()),
                "brightness": [float(m.min()), float(m.max())], "contrast": [float(s.min()), float(s.max())],
-               "reference": reference}
+               "reference": {k: v for k, v in reference.items() if k != "bank"} if reference else None}
         change = np.array(self.change)
         minutes = [change[i:i + 1800] for i in range(0, len(change), 1800)]
         out["frame_change_per_minute"] = [float(c.mean()) for c in minutes]  # mean |pixel change| per step
@@ -195,14 +198,31 @@ class FrameStats:
             for key, series in (("brightness", m), ("contrast", s)):
                 out[f"{key}_inside_real_range"] = inside(series, reference[key])
                 out[f"{key}_inside_real_range_first_minute"] = inside(series[:1800], reference[key])
+            d = self.realism(reference)
+            if d is not None:
+                limit = reference["nearest_real_l1"][1]
+                out["nearest_real_l1_per_minute"] = [float(d[i:i + 60].mean()) for i in range(0, len(d), 60)]
+                out["seconds_as_real_as_real_frames"] = float((d <= limit).mean())
+                out["seconds_as_real_as_real_frames_first_minute"] = float((d[:60] <= limit).mean())
+                over = np.flatnonzero(d > limit)
+                out["first_second_less_real_than_real_frames"] = int(over[0]) if len(over) else None
         return out
+
+    def realism(self, reference: dict | None) -> np.ndarray | None:
+        """Per second of play: L1 to the nearest real frame of the reference dataset (cached)."""
+        if not reference or "bank" not in reference or not self.each_second:
+            return None
+        if getattr(self, "_realism", None) is None or len(self._realism) != len(self.each_second):
+            self._realism = nearest_real_l1(np.stack(self.each_second), reference["bank"])
+        return self._realism
 
     def report(self, prefix: str, reference: dict | None) -> dict:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         secs = np.arange(len(self.mean)) / 30
-        fig, ax = plt.subplots(1, 2, figsize=(11, 3.4))
+        realism = self.realism(reference)
+        fig, ax = plt.subplots(1, 3 if realism is not None else 2, figsize=(16 if realism is not None else 11, 3.4))
         for a, series, name in ((ax[0], self.mean, "brightness (frame mean)"), (ax[1], self.std, "contrast (frame std)")):
             a.plot(secs, series, lw=0.6, label="neural play")
             if reference:
@@ -211,6 +231,13 @@ class FrameStats:
             a.set_xlabel("seconds of play (30 frames/s)")
             a.set_title(name, fontsize=10)
             a.legend(fontsize=7)
+        if realism is not None:
+            lo, hi = reference["nearest_real_l1"]
+            ax[2].plot(np.arange(len(realism)), realism, lw=0.8, label="neural play, one frame a second")
+            ax[2].axhspan(0, hi, color="g", alpha=0.15, label=f"real frames of other episodes (median {lo:.3f}, 99th pct)")
+            ax[2].set_xlabel("seconds of play (30 frames/s)")
+            ax[2].set_title("L1 to the nearest real frame (lower = more like the real game)", fontsize=10)
+            ax[2].legend(fontsize=7)
         fig.tight_layout()
         save_figure(fig, prefix + "_stats.png")
         plt.close(fig)
@@ -226,14 +253,35 @@ class FrameStats:
         return self.summary(reference)
 
 
-def reference_ranges(dataset: str, image_size: int) -> dict | None:
-    """Brightness and contrast ranges of real frames, from a recorded dataset, if there is one."""
+def nearest_real_l1(frames: np.ndarray, bank: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """(N, H, W) and (M, H, W) uint8 -> (N,) mean |pixel difference| in [0, 1] to the closest frame of bank."""
+    ref = torch.from_numpy(bank.reshape(len(bank), -1)).float().div_(255)
+    out = [torch.cdist(torch.from_numpy(frames[s:s + chunk].reshape(-1, ref.shape[1])).float().div_(255), ref, p=1)
+           .min(1).values for s in range(0, len(frames), chunk)]
+    return (torch.cat(out) / ref.shape[1]).numpy()
+
+
+def reference_ranges(dataset: str, image_size: int, cache_dir: str = ".cache") -> dict | None:
+    """What real frames look like, from a recorded dataset if there is one: brightness and contrast ranges
+    (0.5-99.5 percentiles), a bank of real frames (every 5th frame of the even episodes) and how close real
+    frames of the odd episodes come to that bank (median and 99th percentile of their nearest-frame L1):
+    a played frame farther from every real frame than that no longer looks like the game."""
     if not dataset or not os.path.exists(dataset):
         return None
-    frames = load_frames(dataset, image_size).frames[::10].astype(np.float64) / 255
+    cache = load_frames(dataset, image_size, cache_dir)
+    frames = cache.frames[::10].astype(np.float64) / 255
     m, s = frames.mean(axis=(1, 2)), frames.std(axis=(1, 2))
-    return {"brightness": [float(np.percentile(m, 0.5)), float(np.percentile(m, 99.5))],
-            "contrast": [float(np.percentile(s, 0.5)), float(np.percentile(s, 99.5))]}
+    out = {"brightness": [float(np.percentile(m, 0.5)), float(np.percentile(m, 99.5))],
+           "contrast": [float(np.percentile(s, 0.5)), float(np.percentile(s, 99.5))]}
+    episodes = np.unique(cache.episodes)
+    if len(episodes) > 1:
+        even = np.isin(cache.episodes, episodes[::2])
+        bank = cache.frames[np.flatnonzero(even)[::5]]
+        odd = np.flatnonzero(~even)
+        probe = cache.frames[np.sort(np.random.default_rng(0).choice(odd, min(300, len(odd)), replace=False))]
+        d = nearest_real_l1(probe, bank)
+        out |= {"bank": bank, "nearest_real_l1": [float(np.median(d)), float(np.percentile(d, 99))]}
+    return out
 
 
 def model_fps(env: NeuralTetris, frames: int) -> tuple[float, np.ndarray]:
@@ -273,8 +321,10 @@ def parse_args(argv=None):
     p.add_argument("--fps", type=int, default=None, help="frame cap; 0 = as fast as possible (default: 30 in a window, 0 headless)")
     p.add_argument("--record", default=None, help="write what was shown to this .gif")
     p.add_argument("--stats", default=None, metavar="PREFIX",
-                   help="write frame statistics over time (PREFIX_stats.png/.json) and frames at 0/60/600 s")
-    p.add_argument("--reference", default="data/tetris_train", help="dataset whose real frames give the --stats ranges")
+                   help="write frame statistics over time (PREFIX_stats.png/.json: brightness, contrast, NaNs, and each "
+                        "second's L1 to the nearest real frame) and frames at 0/60/600 s")
+    p.add_argument("--reference", default="data/tetris_train",
+                   help="dataset whose real frames give the --stats ranges and the bank of real frames")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile: auto = on CUDA only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--benchmark", action="store_true", help="print model-only and full-loop FPS and exit")
@@ -319,7 +369,8 @@ def main(argv=None):
         write_gif(recorded, args.record)
         print(f"wrote {args.record}")
     if stats:
-        report = stats.report(args.stats, reference_ranges(args.reference, world.image_size))
+        reference = reference_ranges(args.reference, world.image_size)
+        report = stats.report(args.stats, reference)
         given = sys.argv[1:] if argv is None else argv
         report |= {"fps": result["fps"], "command": "python main.py " + " ".join(given)}
         with open(args.stats + "_stats.json", "w") as f:

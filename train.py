@@ -62,6 +62,10 @@ class Config:
     dynamics: str = "deterministic"    # which dynamics model (see DYNAMICS)
     history: int = 1                   # latents and actions the dynamics sees (1 = the seed's single frame)
     hidden: int = 128                  # width of the dynamics MLP
+    long_history: int = 0              # > history: the dynamics also sees a summary of this many steps (the size of
+                                       # each latent change squeezed to summary_dim numbers, plus the buttons), to
+                                       # time what the screen does not show (gravity, auto-repeat); 0 = off
+    summary_dim: int = 16              # numbers per step in the long_history summary
     dyn_lr: float = 1e-3
     dyn_epochs: int = 50
     unroll: int = 1                    # train on the summed loss of this many self-fed steps (1 = one-step delta MSE)
@@ -86,6 +90,9 @@ class Config:
             raise ValueError(f"dynamics must be one of {sorted(DYNAMICS)}, not {self.dynamics!r}")
         if self.history < 1 or self.unroll < 1:
             raise ValueError("history and unroll must be >= 1")
+        if self.long_history and (self.long_history <= self.history or self.summary_dim < 1):
+            raise ValueError(f"long_history ({self.long_history}) must be 0 or more than history ({self.history}), "
+                             f"and summary_dim >= 1")
         if self.ae_depth not in (3, 4):
             raise ValueError(f"ae_depth must be 3 or 4, not {self.ae_depth}")
         if self.perceptual and self.perceptual not in PERCEPTUAL:
@@ -94,6 +101,11 @@ class Config:
             raise ValueError("latent_noise and perceptual_weight must be >= 0")
         if not 0 <= self.sched_sampling <= 1 or self.beta < 0 or self.noise_dim < 1 or self.mean_weight < 0:
             raise ValueError("sched_sampling must be in [0, 1], beta >= 0, mean_weight >= 0 and noise_dim >= 1")
+
+    @property
+    def context_length(self) -> int:
+        """Latents and actions a dynamics step is given: history, or long_history when that is on."""
+        return max(self.history, self.long_history)
 
 
 def load_config(path: str | None, overrides: dict) -> Config:
@@ -467,9 +479,11 @@ class DynamicsModel(nn.Module):
 
     stochastic = False
 
-    def __init__(self, latent_dim: int, history: int = 1, hidden: int = 128, extra_in: int = 0):
+    def __init__(self, latent_dim: int, history: int = 1, hidden: int = 128, extra_in: int = 0,
+                 long_history: int = 0, summary_dim: int = 16):
         super().__init__()
-        self.latent_dim, self.history = latent_dim, history
+        # recent: the latents seen whole; history: the context length callers pass (longer with long_history)
+        self.latent_dim, self.recent, self.history = latent_dim, history, max(history, long_history)
         self.register_buffer("z_mean", torch.zeros(latent_dim))
         self.register_buffer("z_scale", torch.ones(()))
         self.register_buffer("z_min", -torch.full((latent_dim,), 1e4))
@@ -482,10 +496,35 @@ class DynamicsModel(nn.Module):
                 nn.init.orthogonal_(m.weight)
                 nn.init.zeros_(m.bias)
         self.net[-1].weight.data.mul_(0.1)  # start near "nothing moves"
+        self.long_history = long_history
+        if long_history:
+            # the long view: the size of each of the last long_history - 1 latent changes, squeezed to
+            # summary_dim numbers, and the buttons of every step, added into the first hidden layer. Its output
+            # layer starts at zero, so a model fine-tuned with it (--init-dynamics) starts out as the one it came from.
+            d_long = (long_history - 1) * summary_dim + long_history * 8
+            self.long_proj = nn.Linear(latent_dim, summary_dim)
+            self.long_in = nn.Sequential(nn.LayerNorm(d_long), nn.Linear(d_long, hidden))
+            nn.init.orthogonal_(self.long_proj.weight)
+            nn.init.zeros_(self.long_in[1].weight)
+            nn.init.zeros_(self.long_in[1].bias)
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int) -> "DynamicsModel":
-        return cls(latent_dim, cfg.history, cfg.hidden)
+        return cls(latent_dim, cfg.history, cfg.hidden, long_history=cfg.long_history, summary_dim=cfg.summary_dim)
+
+    def context(self, z_hist, a_hist):
+        """The recent latents (normalised) and buttons, flat: what the MLP sees whole."""
+        return torch.cat([self.normalize(z_hist[:, -self.recent:]), a_hist[:, -self.recent:]], dim=-1).flatten(1)
+
+    def transition(self, x, z_hist, a_hist):
+        """The MLP on the flat context x, plus the long view of (z_hist, a_hist) when there is one."""
+        h = self.net[1](self.net[0](x))
+        if self.long_history:
+            # |change|: a piece that drops one row adds a row of blocks and removes one, so the signed change sums
+            # to about nothing under a linear map; its size says where and when something moved
+            changes = self.long_proj((z_hist[:, 1:] - z_hist[:, :-1]).abs() / self.z_scale)  # (B, K-1, summary_dim)
+            h = h + self.long_in(torch.cat([changes.flatten(1), a_hist.flatten(1)], dim=-1))
+        return self.net[2:](h)
 
     def set_latent_stats(self, z: torch.Tensor):
         """z: (N, D) training latents."""
@@ -499,8 +538,7 @@ class DynamicsModel(nn.Module):
 
     def forward(self, z_hist, a_hist):
         """z_hist (B, K, D) raw latents, a_hist (B, K, 8) -> predicted raw delta (B, D)."""
-        x = torch.cat([self.normalize(z_hist), a_hist], dim=-1).flatten(1)
-        return self.net(x) * self.z_scale
+        return self.transition(self.context(z_hist, a_hist), z_hist, a_hist) * self.z_scale
 
     def step(self, z_hist, a_hist, temperature: float = 0.0):
         """Next latent (B, D), kept inside the range seen in training so rollouts cannot blow up."""
@@ -532,8 +570,9 @@ class VAEDynamicsModel(DynamicsModel):
     training_only = ("posterior.",)  # weights that only training uses: exports for play leave them out
 
     def __init__(self, latent_dim: int, history: int = 1, hidden: int = 128, noise_dim: int = 32,
-                 beta: float = 1e-3, mean_weight: float = 0.0):
-        super().__init__(latent_dim, history, hidden, extra_in=noise_dim)
+                 beta: float = 1e-3, mean_weight: float = 0.0, long_history: int = 0, summary_dim: int = 16):
+        super().__init__(latent_dim, history, hidden, extra_in=noise_dim, long_history=long_history,
+                         summary_dim=summary_dim)
         self.noise_dim, self.beta, self.mean_weight = noise_dim, beta, mean_weight
         d_ctx = history * (latent_dim + 8)
         self.posterior = nn.Sequential(nn.LayerNorm(d_ctx + latent_dim), nn.Linear(d_ctx + latent_dim, hidden),
@@ -544,17 +583,15 @@ class VAEDynamicsModel(DynamicsModel):
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int) -> "VAEDynamicsModel":
-        return cls(latent_dim, cfg.history, cfg.hidden, cfg.noise_dim, cfg.beta, cfg.mean_weight)
-
-    def context(self, z_hist, a_hist):
-        return torch.cat([self.normalize(z_hist), a_hist], dim=-1).flatten(1)
+        return cls(latent_dim, cfg.history, cfg.hidden, cfg.noise_dim, cfg.beta, cfg.mean_weight,
+                   cfg.long_history, cfg.summary_dim)
 
     def forward(self, z_hist, a_hist, e=None):
         """Raw delta (B, D) for noise code e (B, noise_dim); e = None is the prior's mean (temperature 0)."""
         x = self.context(z_hist, a_hist)
         if e is None:
             e = x.new_zeros(len(x), self.noise_dim)
-        return self.net(torch.cat([x, e], dim=-1)) * self.z_scale
+        return self.transition(torch.cat([x, e], dim=-1), z_hist, a_hist) * self.z_scale
 
     def step(self, z_hist, a_hist, temperature: float = 0.0):
         e = torch.randn(len(z_hist), self.noise_dim, device=z_hist.device) * temperature if temperature > 0 else None
@@ -569,12 +606,13 @@ class VAEDynamicsModel(DynamicsModel):
         mean, log_var = self.posterior(torch.cat([x, delta], dim=-1)).chunk(2, dim=-1)
         log_var = log_var.clamp(-12, 6)
         e = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
-        pred = z_hist[:, -1] + self.net(torch.cat([x, e], dim=-1)) * self.z_scale
+        pred = z_hist[:, -1] + self.transition(torch.cat([x, e], dim=-1), z_hist, a_hist) * self.z_scale
         kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(-1).mean()
         self.last_kl = kl.detach()
         loss = F.mse_loss(pred / self.z_scale, z_next / self.z_scale) + self.beta * kl
         if self.mean_weight > 0:
-            pred = z_hist[:, -1] + self.net(torch.cat([x, torch.zeros_like(e)], dim=-1)) * self.z_scale
+            central = self.transition(torch.cat([x, torch.zeros_like(e)], dim=-1), z_hist, a_hist)
+            pred = z_hist[:, -1] + central * self.z_scale
             loss = loss + self.mean_weight * F.mse_loss(pred / self.z_scale, z_next / self.z_scale)
         return loss, pred
 
@@ -965,8 +1003,9 @@ def cosine_schedule(opt, epochs: int, lr: float, start_epoch: int):
 AE_KEYS = ["dataset", "seed", "image_size", "val_frac", "ae_arch", "latent_dim", "latent_channels", "ae_width",
            "ae_depth", "change_weight", "perceptual", "perceptual_weight", "perceptual_batch", "latent_noise",
            "init_autoencoder", "ae_lr", "batch_size", "ae_samples_per_epoch"]
-DYN_KEYS = AE_KEYS + ["dynamics", "history", "hidden", "dyn_lr", "unroll", "context_noise", "dyn_samples_per_epoch",
-                      "init_dynamics", "sched_sampling", "noise_dim", "beta", "mean_weight"]
+DYN_KEYS = AE_KEYS + ["dynamics", "history", "long_history", "summary_dim", "hidden", "dyn_lr", "unroll",
+                      "context_noise", "dyn_samples_per_epoch", "init_dynamics", "sched_sampling", "noise_dim", "beta",
+                      "mean_weight"]
 
 
 def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Module, dict]:
@@ -1077,8 +1116,10 @@ def dynamics_loss(model, z_hist, a_hist, future_actions, targets, context_noise:
                   self_feed: float = 1.0):
     """Mean loss over `unroll` steps; the first step is the one-step delta loss. Each later step sees the
     model's own previous prediction (per sample, with probability self_feed; else the true latent)."""
-    if context_noise > 0:
-        z_hist = z_hist + torch.randn_like(z_hist) * context_noise * model.z_scale
+    if context_noise > 0:  # on the latents seen whole; the long view's change sizes would read it as motion
+        noise = torch.randn_like(z_hist) * context_noise * model.z_scale
+        noise[:, :-model.recent] = 0
+        z_hist = z_hist + noise
     total, kl = 0.0, 0.0
     for u in range(targets.shape[1]):
         a_hist = torch.cat([a_hist[:, 1:], future_actions[:, u:u + 1]], dim=1)
@@ -1111,7 +1152,7 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
     latents = encode_all(autoencoder.eval(), cache)
     latent_dim = latents.shape[1]
     model = build_dynamics(cfg, latent_dim)
-    train_ctx = np.unique(context_indices(train_rows, cfg.history, cache.episode_start))
+    train_ctx = np.unique(context_indices(train_rows, cfg.context_length, cache.episode_start))
     model.set_latent_stats(latents[torch.from_numpy(train_ctx)])
     if cfg.init_dynamics:
         init, init_ckpt = load_model(cfg.init_dynamics, "dynamics", latent_dim)
@@ -1120,8 +1161,12 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         if init_ckpt.get("dropped"):
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} is an export for play without its "
                              f"{', '.join(init_ckpt['dropped'])} weights; start from the run's dynamics.pt in runs/")
-        model.load_state_dict(init.state_dict())
-        print(f"dynamics: starting from {cfg.init_dynamics}")
+        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+        new = [k for k in missing if not k.startswith("long_")]
+        if new or unexpected:
+            raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} does not fit this config's dynamics: "
+                             f"missing {new[:3]}, unexpected {unexpected[:3]}")
+        print(f"dynamics: starting from {cfg.init_dynamics}" + (" (the long view starts at zero)" if missing else ""))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.dyn_lr)
     state_path = os.path.join(out, "dynamics_train_state.pt")
     start_epoch = 0
@@ -1140,7 +1185,8 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
     sched = cosine_schedule(opt, cfg.dyn_epochs, cfg.dyn_lr, start_epoch)
     episode_start = cache.episode_start
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"dynamics {cfg.dynamics}: {n_params / 1e6:.2f}M parameters, latent {latent_dim}, history {cfg.history}, "
+    print(f"dynamics {cfg.dynamics}: {n_params / 1e6:.2f}M parameters, latent {latent_dim}, history {cfg.history}"
+          f"{f' (+ a summary of {cfg.long_history})' if cfg.long_history else ''}, "
           f"unroll {cfg.unroll}; {len(train_rows)} training / {len(val_rows)} validation pairs")
     rng = np.random.default_rng(cfg.seed)
     val_rows_eval = val_rows[:: max(1, len(val_rows) // 4000)]
@@ -1156,7 +1202,7 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
                    unit="batch", leave=False)
         for s in bar:
             rows = order[s:s + cfg.batch_size]
-            batch = dynamics_batch(latents, cache, rows, cfg.history, cfg.unroll, episode_start)
+            batch = dynamics_batch(latents, cache, rows, cfg.context_length, cfg.unroll, episode_start)
             loss = dynamics_loss(model, *batch, context_noise=cfg.context_noise, self_feed=self_feed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -1168,7 +1214,7 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         sched.step()
         model.eval()
         with torch.no_grad():
-            val = [dynamics_loss(model, *dynamics_batch(latents, cache, val_rows_eval[s:s + 1024], cfg.history,
+            val = [dynamics_loss(model, *dynamics_batch(latents, cache, val_rows_eval[s:s + 1024], cfg.context_length,
                                                         cfg.unroll, episode_start)).item()
                    * len(val_rows_eval[s:s + 1024]) for s in range(0, len(val_rows_eval), 1024)]
         val_loss = sum(val) / max(1, len(val_rows_eval))
@@ -1190,7 +1236,7 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         model.load_state_dict(best[2])
         print(f"dynamics: keeping epoch {best[1]}, the best validation loss ({best[0]:.5f})")
     model.eval()
-    starts = pick_starts(cache, cfg.history, np.asarray(ae_extra["static_frame"]))
+    starts = pick_starts(cache, cfg.context_length, np.asarray(ae_extra["static_frame"]))
     extra = {"autoencoder_hash": ae_extra["hash"], "starts": starts, "best_epoch": best[1], "val_loss": best[0]}
     save_checkpoint(os.path.join(out, "dynamics.pt"), "dynamics", cfg, model, **extra)
     return model, extra
@@ -1242,7 +1288,7 @@ def benchmark(cfg: Config, seconds: float = 10.0) -> dict:
     latent_dim = int(np.prod(ae.latent_shape))
     dyn = build_dynamics(cfg, latent_dim)
     frames = torch.rand(cfg.batch_size, 1, cfg.image_size, cfg.image_size)
-    batch = (torch.randn(cfg.batch_size, cfg.history, latent_dim), torch.zeros(cfg.batch_size, cfg.history, 8),
+    batch = (torch.randn(cfg.batch_size, cfg.context_length, latent_dim), torch.zeros(cfg.batch_size, cfg.context_length, 8),
              torch.zeros(cfg.batch_size, cfg.unroll, 8), torch.randn(cfg.batch_size, cfg.unroll, latent_dim))
     result = {}
     for name, model, loss_fn in (

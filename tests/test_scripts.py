@@ -97,3 +97,45 @@ def test_temperature_zero_replay_is_deterministic(tiny_run):
         env.reset()
         runs.append([env.step(np.eye(8, dtype=np.uint8)[t % 8]) for t in range(6)])
     assert all(np.array_equal(x, y) for x, y in zip(*runs))
+
+
+def test_events_follow_the_buttons_and_the_ram(tiny_dataset, tiny_run, tmp_path):
+    import collect
+    import train
+    cache = train.load_frames(tiny_dataset, 80, cache_dir=os.path.join(tiny_run, "cache"))
+    ram = evaluate.load_ram(tiny_dataset)
+    groups = evaluate.event_rows(cache, ram, history=3)
+    assert list(groups) == list(evaluate.EVENTS) and sum(len(r) for r in groups.values()) > 0
+    for rows in groups.values():  # pairs inside one episode, with the context the models need
+        assert (cache.episodes[rows] == cache.episodes[rows + 1]).all()
+        assert (rows - cache.episode_start[rows] >= 3).all()
+    gravity = groups[evaluate.EVENTS[0]]
+    assert (cache.actions[gravity].sum(1) == 0).all() and (cache.actions[gravity - 1].sum(1) == 0).all()
+    assert (ram[gravity, collect.PLAY_STATE] == collect.FALLING).all()
+    assert (cache.actions[groups[evaluate.EVENTS[1]], 5] == 1).all()
+    shift = groups[evaluate.EVENTS[2]]
+    assert (cache.actions[shift][:, 6:8].any(1) & (cache.actions[shift, 5] == 0)).all()
+    # the report: seeded, and copy-last-frame gets every changed pixel wrong by more than the threshold
+    a = run_eval(tiny_dataset, tiny_run, str(tmp_path / "a"))
+    b = run_eval(tiny_dataset, tiny_run, str(tmp_path / "b"))
+    assert a["events"] and a["events"] == b["events"]
+    for row in a["events"].values():
+        assert row["pairs"] > 0 and row["copy-last-frame"] > 0.1 and 0 <= row["model"] <= 1
+
+
+def test_nearest_real_frame_distance_and_the_realism_summary(tiny_dataset, tiny_run):
+    ref = play.reference_ranges(tiny_dataset, 80, cache_dir=os.path.join(tiny_run, "cache"))
+    bank = ref["bank"]
+    lo, hi = ref["nearest_real_l1"]
+    assert 0 <= lo <= hi < 0.5
+    noise = np.random.default_rng(0).integers(0, 256, (2, 80, 80), dtype=np.uint8)
+    d = play.nearest_real_l1(np.concatenate([bank[:3], noise]), bank)
+    assert np.allclose(d[:3], 0) and (d[3:] > hi).all()  # a real frame is its own neighbour; noise is unreal
+    stats = play.FrameStats(frames=90)
+    for t in range(90):  # one second of real frames, then two of noise
+        stats(t, bank[0] if t < 30 else noise[t % 2])
+    summary = stats.summary(ref)
+    assert summary["first_second_less_real_than_real_frames"] == 1
+    assert summary["seconds_as_real_as_real_frames"] == pytest.approx(1 / 3)
+    assert "bank" not in summary["reference"]
+    json.dumps(summary)
