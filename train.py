@@ -1272,11 +1272,17 @@ def _field_comments() -> dict:
     """The end-of-line comments of Config's fields, reused as --help text."""
     import inspect
     import re
-    comments = {}
+    comments, field, column = {}, None, None
     for line in inspect.getsource(Config).splitlines():
-        m = re.match(r"\s+(\w+): \w+ = .*?#\s*(.*)$", line)
+        m = re.match(r"\s+(\w+): \w+ = .*?(#\s*)(.*)$", line)
+        more = re.match(r"\s+#\s*(.*)$", line)
         if m:
-            comments[m.group(1)] = m.group(2).replace("%", "%%")
+            field, column = m.group(1), m.start(2)
+            comments[field] = m.group(3).replace("%", "%%")
+        elif more and field and line.index("#") == column:  # a comment going on under the field's comment
+            comments[field] += " " + more.group(1).replace("%", "%%")
+        else:
+            field = None
     return comments
 
 

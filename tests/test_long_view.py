@@ -56,6 +56,9 @@ def test_long_history_must_exceed_history():
         train.parse_args(["--dataset", "x", "--history", "4", "--long-history", "3"])
     cfg, _ = train.parse_args(["--dataset", "x", "--history", "4", "--long-history", "32"])
     assert cfg.context_length == 32 and train.Config(history=4).context_length == 4
+    help_text = train._field_comments()  # --help gets the whole comment, and only its own
+    assert help_text["long_history"].endswith("(gravity, auto-repeat); 0 = off")
+    assert "dynamics" not in help_text["ae_samples_per_epoch"]
 
 
 def test_a_run_with_the_long_view_trains_fine_tunes_and_plays(tiny_run, tiny_dataset, tmp_path):
