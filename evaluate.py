@@ -283,14 +283,15 @@ EVENTS = ("gravity: no button for 2 steps, piece falling", "soft drop: DOWN held
           "rotate: A or B", "lock, line clear or spawn")
 
 
-def event_rows(cache, ram: np.ndarray, history: int) -> dict:
+def event_rows(cache, ram: np.ndarray) -> dict:
     """Pairs (t, t+1) of the held-out set by what the game did, from the buttons and the RAM. The screen can
-    show the RAM's state a step late, so each event is judged over t-1..t+1. Gravity is the telling one:
+    show the RAM's state a step late, so each event is judged over t-1..t+1 (and t-1 must be in the episode;
+    models with more history see the episode's first frame repeated, as everywhere). Gravity is the telling one:
     with no button held, the falling piece drops one row every 24 steps at level 0 (faster higher up), on a
     timer the screen does not show."""
     import collect as C
     rows = pair_indices(cache.episodes)
-    rows = rows[rows - cache.episode_start[rows] >= max(history, 2)]
+    rows = rows[rows > cache.episode_start[rows]]
     a = cache.actions
     playing = lambda r: (ram[r, C.GAME_MODE] == C.PLAYING)
     falling = playing(rows) & np.all([ram[rows + d, C.PLAY_STATE] == C.FALLING for d in (-1, 0, 1)], axis=0)
@@ -307,9 +308,8 @@ def event_rows(cache, ram: np.ndarray, history: int) -> dict:
 def event_report(worlds: dict, cache, ram: np.ndarray, n: int, seed: int, threshold: float) -> dict:
     """One-step changed-pixel L1 per kind of event (event_rows), on up to n pairs with changed pixels each:
     for each model, its autoencoder oracle, and copy-last-frame. -> {event: {"pairs": .., method: L1}}."""
-    history = max(w.history for w in worlds.values())
     out = {}
-    for i, (event, rows) in enumerate(event_rows(cache, ram, history).items()):
+    for i, (event, rows) in enumerate(event_rows(cache, ram).items()):
         moved = rows[(np.abs(cache.frames[rows + 1].astype(np.int16) - cache.frames[rows]) > threshold * 255)
                      .any(axis=(1, 2))]
         picked = np.sort(np.random.default_rng([seed, i]).choice(moved, min(n, len(moved)), replace=False))

@@ -104,11 +104,11 @@ def test_events_follow_the_buttons_and_the_ram(tiny_dataset, tiny_run, tmp_path)
     import train
     cache = train.load_frames(tiny_dataset, 80, cache_dir=os.path.join(tiny_run, "cache"))
     ram = evaluate.load_ram(tiny_dataset)
-    groups = evaluate.event_rows(cache, ram, history=3)
+    groups = evaluate.event_rows(cache, ram)
     assert list(groups) == list(evaluate.EVENTS) and sum(len(r) for r in groups.values()) > 0
-    for rows in groups.values():  # pairs inside one episode, with the context the models need
+    for rows in groups.values():  # pairs inside one episode, with the step before them in it too
         assert (cache.episodes[rows] == cache.episodes[rows + 1]).all()
-        assert (rows - cache.episode_start[rows] >= 3).all()
+        assert (rows > cache.episode_start[rows]).all()
     gravity = groups[evaluate.EVENTS[0]]
     assert (cache.actions[gravity].sum(1) == 0).all() and (cache.actions[gravity - 1].sum(1) == 0).all()
     assert (ram[gravity, collect.PLAY_STATE] == collect.FALLING).all()
