@@ -53,18 +53,24 @@ def lpips_distance(model, pred: np.ndarray, real: np.ndarray, batch: int = 256) 
     return torch.cat(out).numpy()
 
 
+def changed_mean(values: np.ndarray, real: np.ndarray, start: np.ndarray, threshold: float) -> np.ndarray:
+    """(N, H, W) per-pixel values -> (N,) their mean over the pixels where the real frame differs from the
+    start frame by more than threshold (NaN where none changed)."""
+    mask = np.abs(real - start) > threshold
+    n_changed = mask.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_changed > 0, (values * mask).sum(axis=(1, 2)) / n_changed, np.nan)
+
+
 def frame_metrics(pred: np.ndarray, real: np.ndarray, start: np.ndarray, threshold: float, lpips_model) -> dict:
     """Per-sample metrics (N,) of predictions against real frames; changed pixels are those where the
     real frame differs from the start frame by more than threshold (NaN where none changed)."""
     err = np.abs(pred - real)
-    mask = np.abs(real - start) > threshold
-    n_changed = mask.sum(axis=(1, 2))
     ssim, maps = ssim_maps(pred, real)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        changed_l1 = np.where(n_changed > 0, (err * mask).sum(axis=(1, 2)) / n_changed, np.nan)
-        changed_ssim = np.where(n_changed > 0, (maps * mask).sum(axis=(1, 2)) / n_changed, np.nan)
     return {"l1": err.mean(axis=(1, 2)), "ssim": ssim, "lpips": lpips_distance(lpips_model, pred, real),
-            "changed_l1": changed_l1, "changed_ssim": changed_ssim, "changed_frac": mask.mean(axis=(1, 2))}
+            "changed_l1": changed_mean(err, real, start, threshold),
+            "changed_ssim": changed_mean(maps, real, start, threshold),
+            "changed_frac": (np.abs(real - start) > threshold).mean(axis=(1, 2))}
 
 
 def summarize(per_sample: dict) -> dict:
@@ -316,8 +322,7 @@ def event_report(worlds: dict, cache, ram: np.ndarray, n: int, seed: int, thresh
         if len(picked) == 0:
             continue
         real, start = real_frames(cache, picked, [1])
-        mask = np.abs(real[0] - start) > threshold
-        changed = lambda pred: float(((np.abs(pred - real[0]) * mask).sum(axis=(1, 2)) / mask.sum(axis=(1, 2))).mean())
+        changed = lambda pred: float(changed_mean(np.abs(pred - real[0]), real[0], start, threshold).mean())
         row = {"pairs": len(picked), "copy-last-frame": changed(start)}
         for name, world in worlds.items():
             preds = evaluate_world(world, cache, picked, [1])
