@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data train train-phase1 train-long candidate sweeps evaluate bench clean
+.PHONY: play test venv data train train-phase1 train-long train-conv train-discrete candidate sweeps evaluate bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -47,6 +47,24 @@ train-phase1: venv
 train-long: venv
 	mkdir -p runs/tetris_long && cp runs/tetris_p2/autoencoder.pt runs/tetris_long/
 	$(PY) train.py --config configs/tetris_long.yaml --dataset data/tetris_train --stage dynamics
+
+# Issue #3's stability experiments on the shipped autoencoder: convolutional dynamics (configs/tetris_conv.yaml),
+# then fine-tuned into two codes, "nothing changes" and "something changes", that play commits to
+# (configs/tetris_conv_change.yaml). Needs runs/tetris_p2/autoencoder.pt from make train.
+train-conv: venv
+	mkdir -p runs/tetris_conv runs/tetris_conv_change
+	cp runs/tetris_p2/autoencoder.pt runs/tetris_conv/ && cp runs/tetris_p2/autoencoder.pt runs/tetris_conv_change/
+	$(PY) train.py --config configs/tetris_conv.yaml --dataset data/tetris_train --stage dynamics
+	$(PY) train.py --config configs/tetris_conv_change.yaml --dataset data/tetris_train --stage dynamics
+
+# The discrete dynamics tried on the shipped model (configs/tetris_discrete.yaml: 8 codes, winner takes all;
+# configs/tetris_change.yaml: 2 codes, change or not). Needs runs/tetris_p2/autoencoder.pt and
+# runs/tetris_p3_mw/dynamics.pt from make train.
+train-discrete: venv
+	mkdir -p runs/tetris_discrete runs/tetris_change
+	cp runs/tetris_p2/autoencoder.pt runs/tetris_discrete/ && cp runs/tetris_p2/autoencoder.pt runs/tetris_change/
+	$(PY) train.py --config configs/tetris_discrete.yaml --dataset data/tetris_train --stage dynamics
+	$(PY) train.py --config configs/tetris_change.yaml --dataset data/tetris_train --stage dynamics
 
 # The first phase 2/3 candidate (not shipped: its VAE dynamics lost on the changed pixels, see README).
 # Needs runs/tetris_p2/autoencoder.pt from make train.

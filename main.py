@@ -279,6 +279,11 @@ def reference_ranges(dataset: str, image_size: int, cache_dir: str = ".cache") -
         probe = cache.frames[np.sort(np.random.default_rng(0).choice(odd, min(300, len(odd)), replace=False))]
         d = nearest_real_l1(probe, bank)
         out |= {"bank": bank, "nearest_real_l1": [float(np.median(d)), float(np.percentile(d, 99))]}
+    # how lively the real game is: mean |pixel change| per step, and the share of steps that change (> 1e-3),
+    # beside which frame_change_per_minute tells a dream that froze from one that plays
+    same = np.flatnonzero(cache.episodes[1:] == cache.episodes[:-1])[::10]
+    change = np.abs(cache.frames[same + 1].astype(np.float32) - cache.frames[same]).mean(axis=(1, 2)) / 255
+    out |= {"frame_change": float(change.mean()), "frames_changing": float((change > 1e-3).mean())}
     return out
 
 

@@ -61,7 +61,8 @@ class Config:
     # dynamics
     dynamics: str = "deterministic"    # which dynamics model (see DYNAMICS)
     history: int = 1                   # latents and actions the dynamics sees (1 = the seed's single frame)
-    hidden: int = 128                  # width of the dynamics MLP
+    hidden: int = 128                  # width of the dynamics MLP (conv dynamics: channels of its convolutions)
+    conv_blocks: int = 6               # conv dynamics: residual 3x3 convolutions (dilations 1, 2, 4, 8, 1, 2, ...)
     long_history: int = 0              # > history: the dynamics also sees a summary of this many steps (the size of
                                        # each latent change squeezed to summary_dim numbers, plus the buttons), to
                                        # time what the screen does not show (gravity, auto-repeat); 0 = off
@@ -70,16 +71,28 @@ class Config:
     dyn_epochs: int = 50
     unroll: int = 1                    # train on the summed loss of this many self-fed steps (1 = one-step delta MSE)
     context_noise: float = 0.0         # std of noise added to past latents while training (robustness to own errors)
+    dyn_change_weight: float = 0.0     # extra weight on the latent numbers that change (by > 0.1 of the latents' std)
+                                       # in the MSE of deterministic, discrete and conv dynamics (not vae): a piece is
+                                       # a few cells of the map, so erasing it costs little unweighted; 0 = plain MSE
     dyn_samples_per_epoch: int = 0     # pairs drawn per epoch (0 = every training pair once)
     init_dynamics: str = ""            # start the dynamics from this dynamics.pt (fine-tuning, e.g. a longer --unroll)
     sched_sampling: float = 0.0        # > 0: scheduled sampling in --unroll training: feed the model its own prediction
                                        # with probability p (else the true latent), p annealed 0 -> this over the epochs;
                                        # 0: always its own prediction (plain multi-step rollout training)
-    noise_dim: int = 32                # vae dynamics: size of the noise code e that picks one future
+    noise_dim: int = 32                # vae dynamics: size of the noise code e that picks one future; discrete:
+                                       # that many inputs held at zero, to start from a vae's weights (or 0)
     beta: float = 0.001                # vae dynamics: loss = MSE(delta) + beta * KL(q(e | ...) || N(0, I))
     mean_weight: float = 0.0           # vae dynamics: > 0 also fits the temperature-0 prediction (e = 0) with this
                                        # weight and feeds it, not the posterior's, to the next --unroll step
-    temperature: float = 0.5           # vae dynamics: the temperature main.py plays at unless --temperature is given
+    temperature: float = 0.5           # stochastic dynamics (vae, discrete, conv with codes > 1): the temperature
+                                       # main.py plays at unless --temperature is given
+    codes: int = 1                     # discrete and conv dynamics: futures it can commit to (the prior picks one
+                                       # each step); 1 = deterministic
+    spread: float = 0.05               # discrete dynamics: share of the loss for the codes that did not win
+    prior_weight: float = 0.1          # discrete dynamics: loss = winner's MSE + prior_weight * CE(prior, winner)
+    code_from: str = "winner"          # discrete dynamics: which code learns from a training step: winner (the one
+                                       # closest to the truth) | change (needs codes 2: code 1 where the screen changes,
+                                       # code 0 where it does not)
 
     def __post_init__(self):
         if self.stage not in ("ae", "dynamics", "all"):
@@ -99,8 +112,16 @@ class Config:
             raise ValueError(f"perceptual must be '' or one of {sorted(PERCEPTUAL)}, not {self.perceptual!r}")
         if self.latent_noise < 0 or self.perceptual_weight < 0:
             raise ValueError("latent_noise and perceptual_weight must be >= 0")
-        if not 0 <= self.sched_sampling <= 1 or self.beta < 0 or self.noise_dim < 1 or self.mean_weight < 0:
-            raise ValueError("sched_sampling must be in [0, 1], beta >= 0, mean_weight >= 0 and noise_dim >= 1")
+        if not 0 <= self.sched_sampling <= 1 or self.beta < 0 or self.noise_dim < 0 or self.mean_weight < 0:
+            raise ValueError("sched_sampling must be in [0, 1], beta >= 0, mean_weight >= 0 and noise_dim >= 0")
+        if self.dynamics == "vae" and self.noise_dim < 1:
+            raise ValueError("vae dynamics need noise_dim >= 1")
+        if self.code_from not in ("winner", "change") or (self.code_from == "change" and self.codes != 2):
+            raise ValueError(f"code_from must be winner, or change with codes 2 (not {self.code_from!r} with "
+                             f"codes {self.codes})")
+        if self.codes < 1 or not 0 <= self.spread < 1 or self.prior_weight < 0:
+            raise ValueError(f"codes must be >= 1 (not {self.codes}), spread in [0, 1) (not {self.spread}) "
+                             f"and prior_weight >= 0 (not {self.prior_weight})")
 
     @property
     def context_length(self) -> int:
@@ -516,15 +537,19 @@ class DynamicsModel(nn.Module):
         """The recent latents (normalised) and buttons, flat: what the MLP sees whole."""
         return torch.cat([self.normalize(z_hist[:, -self.recent:]), a_hist[:, -self.recent:]], dim=-1).flatten(1)
 
-    def transition(self, x, z_hist, a_hist):
-        """The MLP on the flat context x, plus the long view of (z_hist, a_hist) when there is one."""
+    def trunk(self, x, z_hist, a_hist):
+        """The first hidden layer (before its GELU) on the flat context x, plus the long view of (z_hist, a_hist)."""
         h = self.net[1](self.net[0](x))
         if self.long_history:
             # |change|: a piece that drops one row adds a row of blocks and removes one, so the signed change sums
             # to about nothing under a linear map; its size says where and when something moved
             changes = self.long_proj((z_hist[:, 1:] - z_hist[:, :-1]).abs() / self.z_scale)  # (B, K-1, summary_dim)
             h = h + self.long_in(torch.cat([changes.flatten(1), a_hist.flatten(1)], dim=-1))
-        return self.net[2:](h)
+        return h
+
+    def transition(self, x, z_hist, a_hist):
+        """The MLP on the flat context x (plus the long view): the normalised delta."""
+        return self.net[2:](self.trunk(x, z_hist, a_hist))
 
     def set_latent_stats(self, z: torch.Tensor):
         """z: (N, D) training latents."""
@@ -545,10 +570,19 @@ class DynamicsModel(nn.Module):
         z = z_hist[:, -1] + self(z_hist, a_hist)
         return torch.maximum(torch.minimum(z, self.z_max), self.z_min)
 
+    change_weight = 0.0  # set by train_dynamics from Config.dyn_change_weight
+
+    def weighted_mse(self, pred, z_last, z_next):
+        """Per-sample MSE of normalised latents (B,), the numbers that change weighted by 1 + change_weight."""
+        err = ((pred - z_next) / self.z_scale).pow(2)
+        if self.change_weight > 0:
+            err = err * (1 + self.change_weight * ((z_next - z_last).abs() > 0.1 * self.z_scale))
+        return err.mean(-1)
+
     def loss(self, z_hist, a_hist, z_next):
         """One-step MSE of the normalised delta; returns (loss, prediction)."""
         pred = z_hist[:, -1] + self(z_hist, a_hist)
-        return F.mse_loss(pred / self.z_scale, z_next / self.z_scale), pred
+        return self.weighted_mse(pred, z_hist[:, -1], z_next).mean(), pred
 
 
 class VAEDynamicsModel(DynamicsModel):
@@ -579,7 +613,7 @@ class VAEDynamicsModel(DynamicsModel):
                                        nn.GELU(), nn.Linear(hidden, 2 * noise_dim))
         nn.init.zeros_(self.posterior[-1].weight)  # starts as the prior
         nn.init.zeros_(self.posterior[-1].bias)
-        self.last_kl = torch.zeros(())
+        self.last_aux = {"kl": torch.zeros(())}
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int) -> "VAEDynamicsModel":
@@ -608,7 +642,7 @@ class VAEDynamicsModel(DynamicsModel):
         e = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
         pred = z_hist[:, -1] + self.transition(torch.cat([x, e], dim=-1), z_hist, a_hist) * self.z_scale
         kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(-1).mean()
-        self.last_kl = kl.detach()
+        self.last_aux = {"kl": kl.detach()}
         loss = F.mse_loss(pred / self.z_scale, z_next / self.z_scale) + self.beta * kl
         if self.mean_weight > 0:
             central = self.transition(torch.cat([x, torch.zeros_like(e)], dim=-1), z_hist, a_hist)
@@ -617,7 +651,199 @@ class VAEDynamicsModel(DynamicsModel):
         return loss, pred
 
 
-DYNAMICS = {"deterministic": DynamicsModel, "vae": VAEDynamicsModel}
+class DiscreteDynamicsModel(DynamicsModel):
+    """Stochastic latent dynamics that commit to one future: `codes` learned codes, each a whole prediction of
+    the delta, and a prior p(code | context) that picks among them.
+
+    The VAE's futures differ by a little noise around their mean, so where the next frame is a coin toss (has
+    the gravity timer run out? which piece comes next?) every sample draws part of each outcome: a falling piece
+    fades a little at every step and the faded copies pile up. Here each code adds its own vector to the first
+    hidden layer, and training is winner-takes-all: every code predicts the delta, the one closest to the truth
+    takes the loss (the others a `spread` share, so none dies) and is fed to the next --unroll step, and the
+    prior learns by cross-entropy to name the winner. Playing draws a code from softmax(prior / temperature)
+    (temperature 0: the likeliest) and plays its prediction whole: the piece drops a whole row, or not at all.
+
+    Code 0 starts at zero, so a model started from a deterministic or VAE model's weights (--init-dynamics)
+    starts with code 0 playing that model's temperature-0 prediction. `slot` zero inputs stand where such a VAE
+    took its noise code, so its first layer fits."""
+
+    stochastic = True
+
+    def __init__(self, latent_dim: int, history: int = 1, hidden: int = 128, codes: int = 8, slot: int = 0,
+                 spread: float = 0.05, prior_weight: float = 0.1, long_history: int = 0, summary_dim: int = 16,
+                 code_from: str = "winner"):
+        super().__init__(latent_dim, history, hidden, extra_in=slot, long_history=long_history,
+                         summary_dim=summary_dim)
+        if code_from not in ("winner", "change") or (code_from == "change" and codes != 2):
+            raise ValueError(f"code_from must be winner, or change with codes 2 (not {code_from!r} with {codes})")
+        self.slot, self.spread, self.prior_weight, self.code_from = slot, spread, prior_weight, code_from
+        self.needs_changes = code_from == "change"
+        codes_init = torch.randn(codes, hidden) * 0.3
+        codes_init[0] = 0
+        self.codes = nn.Parameter(codes_init)
+        # reads the trunk's features, detached: naming the winner must not bend what predicts the delta
+        self.prior = nn.Sequential(nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, codes))
+        self.last_aux = {}
+
+    @classmethod
+    def from_config(cls, cfg: "Config", latent_dim: int) -> "DiscreteDynamicsModel":
+        return cls(latent_dim, cfg.history, cfg.hidden, cfg.codes, cfg.noise_dim, cfg.spread, cfg.prior_weight,
+                   cfg.long_history, cfg.summary_dim, cfg.code_from)
+
+    def features(self, z_hist, a_hist):
+        x = self.context(z_hist, a_hist)
+        if self.slot:
+            x = torch.cat([x, x.new_zeros(len(x), self.slot)], dim=-1)
+        return self.trunk(x, z_hist, a_hist)
+
+    def head(self, h, code):
+        """Trunk features (B, hidden) and codes (B,) -> those codes' normalised deltas (B, D)."""
+        return self.net[2:](h + self.codes[code])
+
+    def all_deltas(self, h):
+        """Trunk features (B, hidden) -> every code's normalised delta (B, codes, D)."""
+        return self.net[2:](h[:, None] + self.codes)
+
+    def prior_from(self, h):
+        """Trunk features -> the prior's logits over the codes (B, codes)."""
+        return self.prior(h)
+
+    def prior_logits(self, z_hist, a_hist):
+        return self.prior_from(self.features(z_hist, a_hist))
+
+    def forward(self, z_hist, a_hist, code=None):
+        """Raw delta (B, D) of code (B,) (long tensor); None is the prior's likeliest code (temperature 0)."""
+        h = self.features(z_hist, a_hist)
+        if code is None:
+            code = self.prior_from(h).argmax(-1)
+        return self.head(h, code) * self.z_scale
+
+    def step(self, z_hist, a_hist, temperature: float = 0.0):
+        h = self.features(z_hist, a_hist)
+        logits = self.prior_from(h)
+        if temperature > 0:
+            code = torch.multinomial(F.softmax(logits / temperature, dim=-1), 1)[:, 0]
+        else:
+            code = logits.argmax(-1)
+        z = z_hist[:, -1] + self.head(h, code) * self.z_scale
+        return torch.maximum(torch.minimum(z, self.z_max), self.z_min)
+
+    def loss(self, z_hist, a_hist, z_next, changed=None):
+        """MSE of the normalised delta, the code that takes it chosen by code_from, plus prior_weight x cross-entropy
+        of the prior against that code; -> (loss, that code's prediction). code_from "winner": the code closest to
+        the truth (the others get a `spread` share); "change": code 1 where the screen changes (changed, (B,) bool),
+        else code 0, and only that code learns."""
+        h = self.features(z_hist, a_hist)
+        deltas = self.all_deltas(h)
+        target = (z_next - z_hist[:, -1]) / self.z_scale
+        err = (deltas - target[:, None]).pow(2)  # (B, codes, D)
+        if self.change_weight > 0:
+            err = err * (1 + self.change_weight * (target.abs() > 0.1))[:, None]
+        err = err.mean(-1)  # (B, codes)
+        k = err.shape[1]
+        if self.code_from == "change":
+            winner = changed.long().to(err.device)
+            weight = F.one_hot(winner, k).float()
+        else:
+            winner = err.detach().argmin(1)
+            weight = torch.full_like(err, self.spread / max(1, k - 1))
+            weight.scatter_(1, winner[:, None], 1 - self.spread if k > 1 else 1.0)
+        ce = F.cross_entropy(self.prior_from(h.detach()), winner)
+        share = torch.bincount(winner, minlength=k).float() / len(winner)
+        self.last_aux = {"prior_ce": ce.detach(),
+                         "codes_used": torch.exp(-(share * share.clamp_min(1e-12).log()).sum())}
+        pred = z_hist[:, -1] + deltas[torch.arange(len(h)), winner] * self.z_scale
+        return (err * weight).sum(1).mean() + self.prior_weight * ce, pred
+
+
+class ConvDynamicsModel(DiscreteDynamicsModel):
+    """Latent dynamics as a convolutional net on the spatial latent map (C, S, S); with codes > 1, discrete.
+
+    The MLP sees the latent as one flat vector, so "the piece moves one row down" is a different function at every
+    place on the board and must be learned place by place. Here the last `history` latents are stacked as channels
+    and the same small residual convolutions run everywhere: a move is learned once. Dilations 1, 2, 4, 8 reach
+    the whole 20 x 20 map; the buttons of every step are embedded and added to every cell, and a pooled summary
+    of the board is fed back to every cell at each block (what is global: the level, the pace of gravity). The
+    output convolution starts at zero: an untrained model copies the last latent.
+
+    codes > 1 makes it discrete as DiscreteDynamicsModel (whose training and sampling it shares): each code adds
+    its own vector to every cell before the last two blocks, and the prior reads the pooled features there.
+    codes = 1 is deterministic."""
+
+    def __init__(self, latent_dim: int, history: int = 1, width: int = 48, channels: int = 4, blocks: int = 6,
+                 codes: int = 1, spread: float = 0.05, prior_weight: float = 0.1, code_from: str = "winner"):
+        nn.Module.__init__(self)
+        side = int(round(math.sqrt(latent_dim / channels)))
+        if channels * side * side != latent_dim:
+            raise ValueError(f"conv dynamics need a square spatial latent: {latent_dim} is not {channels} x S x S "
+                             f"(train it on an autoencoder with ae_arch spatial and the same latent_channels)")
+        if code_from not in ("winner", "change") or (code_from == "change" and codes != 2):
+            raise ValueError(f"code_from must be winner, or change with codes 2 (not {code_from!r} with {codes})")
+        self.latent_dim, self.recent, self.history, self.long_history = latent_dim, history, history, 0
+        self.channels, self.side, self.n_head = channels, side, min(2, blocks)
+        self.spread, self.prior_weight, self.code_from = spread, prior_weight, code_from
+        self.needs_changes, self.stochastic, self.last_aux = code_from == "change" and codes > 1, codes > 1, {}
+        self.register_buffer("z_mean", torch.zeros(latent_dim))
+        self.register_buffer("z_scale", torch.ones(()))
+        self.register_buffer("z_min", -torch.full((latent_dim,), 1e4))
+        self.register_buffer("z_max", torch.full((latent_dim,), 1e4))
+        self.inp = nn.Conv2d(history * channels, width, 3, 1, 1)
+        self.buttons = nn.Linear(history * 8, width)
+        dilations = [(1, 2, 4, 8)[i % 4] for i in range(blocks)]
+        self.blocks = nn.ModuleList(nn.Conv2d(width, width, 3, 1, d, dilation=d) for d in dilations)
+        self.pooled = nn.ModuleList(nn.Linear(width, width) for _ in dilations)
+        self.out = nn.Conv2d(width, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.n_codes = codes
+        if codes > 1:  # a deterministic model (codes 1) has neither, so it fine-tunes into a discrete one
+            codes_init = torch.randn(codes, width) * 0.3
+            codes_init[0] = 0
+            self.codes = nn.Parameter(codes_init)
+            self.prior = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, codes))
+
+    @classmethod
+    def from_config(cls, cfg: "Config", latent_dim: int) -> "ConvDynamicsModel":
+        return cls(latent_dim, cfg.history, cfg.hidden, cfg.latent_channels, cfg.conv_blocks, cfg.codes, cfg.spread,
+                   cfg.prior_weight, cfg.code_from)
+
+    def _blocks(self, h, blocks):
+        for i in blocks:
+            g = F.gelu(h)
+            h = h + self.blocks[i](g) + self.pooled[i](g.mean((2, 3)))[:, :, None, None]
+        return h
+
+    def features(self, z_hist, a_hist):
+        """-> the feature map (B, width, S, S) before the last two blocks."""
+        b = len(z_hist)
+        x = self.normalize(z_hist[:, -self.recent:]).view(b, self.recent * self.channels, self.side, self.side)
+        h = self.inp(x) + self.buttons(a_hist[:, -self.recent:].flatten(1))[:, :, None, None]
+        return self._blocks(h, range(len(self.blocks) - self.n_head))
+
+    def head(self, h, code):
+        if self.n_codes > 1:
+            h = h + self.codes[code][:, :, None, None]
+        h = self._blocks(h, range(len(self.blocks) - self.n_head, len(self.blocks)))
+        return self.out(F.gelu(h)).flatten(1)
+
+    def all_deltas(self, h):
+        k = self.n_codes
+        if k == 1:
+            return self.head(h, torch.zeros(len(h), dtype=torch.long, device=h.device))[:, None]
+        codes = torch.arange(k, device=h.device).repeat(len(h))
+        return self.head(h.repeat_interleave(k, 0), codes).view(len(h), k, -1)
+
+    def prior_from(self, h):
+        return self.prior(h.mean((2, 3))) if self.n_codes > 1 else h.new_zeros(len(h), 1)
+
+    def loss(self, z_hist, a_hist, z_next, changed=None):
+        if self.n_codes == 1:  # deterministic: the one-step MSE of the delta
+            return DynamicsModel.loss(self, z_hist, a_hist, z_next)
+        return super().loss(z_hist, a_hist, z_next, changed)
+
+
+DYNAMICS = {"deterministic": DynamicsModel, "vae": VAEDynamicsModel, "discrete": DiscreteDynamicsModel,
+            "conv": ConvDynamicsModel}
 
 
 def build_dynamics(cfg: Config, latent_dim: int) -> nn.Module:
@@ -1005,7 +1231,7 @@ AE_KEYS = ["dataset", "seed", "image_size", "val_frac", "ae_arch", "latent_dim",
            "init_autoencoder", "ae_lr", "batch_size", "ae_samples_per_epoch"]
 DYN_KEYS = AE_KEYS + ["dynamics", "history", "long_history", "summary_dim", "hidden", "dyn_lr", "unroll",
                       "context_noise", "dyn_samples_per_epoch", "init_dynamics", "sched_sampling", "noise_dim", "beta",
-                      "mean_weight"]
+                      "mean_weight", "codes", "spread", "prior_weight", "code_from", "conv_blocks", "dyn_change_weight"]
 
 
 def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Module, dict]:
@@ -1100,36 +1326,57 @@ def encode_all(autoencoder: nn.Module, cache: FrameCache, batch: int = 512) -> t
     return torch.cat(out)
 
 
-def dynamics_batch(latents, cache: FrameCache, rows, history: int, unroll: int, episode_start):
+def screen_changes(cache: FrameCache, threshold: float = 0.1, chunk: int = 4096) -> np.ndarray:
+    """(N,) bool: row t's next frame differs from frame t by more than threshold at some pixel (the last row of an
+    episode: False). About half the steps of real Tetris change nothing on screen."""
+    out = np.zeros(len(cache.frames), dtype=bool)
+    for s in range(0, len(cache.frames) - 1, chunk):
+        a = cache.frames[s:s + chunk + 1].astype(np.int16)
+        out[s:s + len(a) - 1] = (np.abs(a[1:] - a[:-1]) > threshold * 255).reshape(len(a) - 1, -1).any(1)
+    last = np.r_[cache.episodes[1:] != cache.episodes[:-1], True]
+    out[last] = False
+    return out
+
+
+def dynamics_batch(latents, cache: FrameCache, rows, history: int, unroll: int, episode_start, changes=None):
     """Context (z_hist (B,K,D) ending at z_t, a_hist (B,K,8) the actions that led into those latents),
-    future actions a_t..a_{t+U-1} (B,U,8) and targets z_{t+1}..z_{t+U} (B,U,D)."""
+    future actions a_t..a_{t+U-1} (B,U,8), targets z_{t+1}..z_{t+U} (B,U,D), and whether each of those steps
+    changes the screen (B,U) bool, when `changes` (screen_changes) is given, else None."""
     ctx = context_indices(rows, history, episode_start)
     z_hist = latents[torch.from_numpy(ctx)]
     a_hist = torch.from_numpy(past_actions(cache.actions, ctx, episode_start)).float()
     fut = rows[:, None] + np.arange(unroll)[None]  # actions a_t .. a_{t+U-1}
     future_actions = torch.from_numpy(cache.actions[fut]).float()
     targets = latents[torch.from_numpy(fut + 1)]
-    return z_hist, a_hist, future_actions, targets
+    return z_hist, a_hist, future_actions, targets, None if changes is None else torch.from_numpy(changes[fut])
 
 
-def dynamics_loss(model, z_hist, a_hist, future_actions, targets, context_noise: float = 0.0,
+def dynamics_loss(model, z_hist, a_hist, future_actions, targets, changes=None, context_noise: float = 0.0,
                   self_feed: float = 1.0):
     """Mean loss over `unroll` steps; the first step is the one-step delta loss. Each later step sees the
-    model's own previous prediction (per sample, with probability self_feed; else the true latent)."""
+    model's own previous prediction (per sample, with probability self_feed; else the true latent).
+    changes (B, U) bool: which steps change the screen, for models that learn from it (discrete, --code-from change)."""
     if context_noise > 0:  # on the latents seen whole; the long view's change sizes would read it as motion
         noise = torch.randn_like(z_hist) * context_noise * model.z_scale
         noise[:, :-model.recent] = 0
         z_hist = z_hist + noise
-    total, kl = 0.0, 0.0
+    total, aux = 0.0, {}
     for u in range(targets.shape[1]):
         a_hist = torch.cat([a_hist[:, 1:], future_actions[:, u:u + 1]], dim=1)
-        loss, pred = model.loss(z_hist, a_hist, targets[:, u])
-        total, kl = total + loss, kl + float(getattr(model, "last_kl", 0.0))
+        if getattr(model, "needs_changes", False):
+            if changes is None:
+                raise ValueError("this dynamics model learns which steps change the screen: pass changes")
+            loss, pred = model.loss(z_hist, a_hist, targets[:, u], changes[:, u])
+        else:
+            loss, pred = model.loss(z_hist, a_hist, targets[:, u])
+        total = total + loss
+        for k, v in getattr(model, "last_aux", {}).items():  # what a stochastic model logs (KL, prior CE)
+            aux[k] = aux.get(k, 0.0) + float(v)
         if self_feed < 1.0:
             own = torch.rand(len(pred), 1, device=pred.device) < self_feed
             pred = torch.where(own, pred, targets[:, u])
         z_hist = torch.cat([z_hist[:, 1:], pred[:, None]], dim=1)
-    model.mean_kl = kl / targets.shape[1]
+    model.mean_aux = {k: v / targets.shape[1] for k, v in aux.items()}
     return total / targets.shape[1]
 
 
@@ -1161,12 +1408,20 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         if init_ckpt.get("dropped"):
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} is an export for play without its "
                              f"{', '.join(init_ckpt['dropped'])} weights; start from the run's dynamics.pt in runs/")
-        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
-        new = [k for k in missing if not k.startswith("long_")]
+        try:
+            missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+        except RuntimeError as e:
+            raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} does not fit this config's dynamics: "
+                             f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+        # parts the source lacks start fresh (the long view, a discrete model's codes and prior); weights only the
+        # source's training used (a VAE's posterior) are left behind
+        new = [k for k in missing if not k.startswith(("long_", "codes", "prior."))]
+        unexpected = [k for k in unexpected if not k.startswith(getattr(init, "training_only", ()) or "\0")]
         if new or unexpected:
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} does not fit this config's dynamics: "
                              f"missing {new[:3]}, unexpected {unexpected[:3]}")
-        print(f"dynamics: starting from {cfg.init_dynamics}" + (" (the long view starts at zero)" if missing else ""))
+        fresh = sorted({k.split(".")[0] for k in missing})
+        print(f"dynamics: starting from {cfg.init_dynamics}" + (f" ({', '.join(fresh)} start fresh)" if fresh else ""))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.dyn_lr)
     state_path = os.path.join(out, "dynamics_train_state.pt")
     start_epoch = 0
@@ -1184,6 +1439,8 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         print(f"resuming the dynamics from epoch {start_epoch} ({state_path})")
     sched = cosine_schedule(opt, cfg.dyn_epochs, cfg.dyn_lr, start_epoch)
     episode_start = cache.episode_start
+    changes = screen_changes(cache) if getattr(model, "needs_changes", False) else None
+    model.change_weight = cfg.dyn_change_weight
     n_params = sum(p.numel() for p in model.parameters())
     print(f"dynamics {cfg.dynamics}: {n_params / 1e6:.2f}M parameters, latent {latent_dim}, history {cfg.history}"
           f"{f' (+ a summary of {cfg.long_history})' if cfg.long_history else ''}, "
@@ -1195,32 +1452,33 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         rng = np.random.default_rng([cfg.seed, epoch])
         order = rng.choice(train_rows, cfg.dyn_samples_per_epoch) if cfg.dyn_samples_per_epoch else \
             rng.permutation(train_rows)
-        total, kl_total, count, t0 = 0.0, 0.0, 0, time.time()
+        total, aux_total, count, t0 = 0.0, {}, 0, time.time()
         # scheduled sampling: the chance of feeding the model its own prediction rises linearly 0 -> sched_sampling
         self_feed = cfg.sched_sampling * epoch / max(1, cfg.dyn_epochs - 1) if cfg.sched_sampling > 0 else 1.0
         bar = tqdm(range(0, len(order), cfg.batch_size), disable=None, desc=f"dynamics epoch {epoch + 1}/{cfg.dyn_epochs}",
                    unit="batch", leave=False)
         for s in bar:
             rows = order[s:s + cfg.batch_size]
-            batch = dynamics_batch(latents, cache, rows, cfg.context_length, cfg.unroll, episode_start)
+            batch = dynamics_batch(latents, cache, rows, cfg.context_length, cfg.unroll, episode_start, changes)
             loss = dynamics_loss(model, *batch, context_noise=cfg.context_noise, self_feed=self_feed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             total, count = total + loss.item() * len(rows), count + len(rows)
-            kl_total += model.mean_kl * len(rows)
+            for k, v in model.mean_aux.items():
+                aux_total[k] = aux_total.get(k, 0.0) + v * len(rows)
             bar.set_postfix(loss=f"{total / count:.5f}")
         sched.step()
         model.eval()
         with torch.no_grad():
             val = [dynamics_loss(model, *dynamics_batch(latents, cache, val_rows_eval[s:s + 1024], cfg.context_length,
-                                                        cfg.unroll, episode_start)).item()
+                                                        cfg.unroll, episode_start, changes)).item()
                    * len(val_rows_eval[s:s + 1024]) for s in range(0, len(val_rows_eval), 1024)]
         val_loss = sum(val) / max(1, len(val_rows_eval))
         if val_loss < best[0]:
             best = (val_loss, epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
-        extra_log = {"kl": kl_total / count} if model.stochastic else {}
+        extra_log = {k: v / count for k, v in aux_total.items()}
         if cfg.sched_sampling > 0:
             extra_log["self_feed"] = self_feed
         log.add(epoch=epoch + 1, train_loss=total / count, val_loss=val_loss, pairs_per_s=count / (time.time() - t0),
@@ -1295,7 +1553,8 @@ def benchmark(cfg: Config, seconds: float = 10.0) -> dict:
     dyn = build_dynamics(cfg, latent_dim)
     frames = torch.rand(cfg.batch_size, 1, cfg.image_size, cfg.image_size)
     batch = (torch.randn(cfg.batch_size, cfg.context_length, latent_dim), torch.zeros(cfg.batch_size, cfg.context_length, 8),
-             torch.zeros(cfg.batch_size, cfg.unroll, 8), torch.randn(cfg.batch_size, cfg.unroll, latent_dim))
+             torch.zeros(cfg.batch_size, cfg.unroll, 8), torch.randn(cfg.batch_size, cfg.unroll, latent_dim),
+             torch.rand(cfg.batch_size, cfg.unroll) < 0.5)
     result = {}
     for name, model, loss_fn in (
             ("autoencoder_images_per_s", ae, lambda: autoencoder_loss(ae, frames, frames, frames, cfg, perceptual)[0]),

@@ -139,3 +139,6 @@ def test_nearest_real_frame_distance_and_the_realism_summary(tiny_dataset, tiny_
     assert summary["seconds_as_real_as_real_frames"] == pytest.approx(1 / 3)
     assert "bank" not in summary["reference"]
     json.dumps(summary)
+    # how lively the real game is, beside the dream's frame change
+    assert 0 < ref["frame_change"] < 0.05 and 0 < ref["frames_changing"] <= 1
+    assert summary["reference"]["frame_change"] == ref["frame_change"]

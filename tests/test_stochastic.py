@@ -22,14 +22,14 @@ def test_vae_loss_and_kl_are_finite_and_the_kl_is_used():
     z_hist, a_hist, z_next = torch.randn(8, 2, 6), torch.zeros(8, 2, 8), torch.randn(8, 6)
     loss, pred = model.loss(z_hist, a_hist, z_next)
     assert pred.shape == (8, 6) and torch.isfinite(loss)
-    assert model.last_kl.item() == 0  # the posterior starts as the prior
+    assert model.last_aux["kl"].item() == 0  # the posterior starts as the prior
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     for _ in range(30):  # fitting random futures needs the noise code: the KL grows, stays finite
         loss, _ = model.loss(z_hist, a_hist, z_next)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert 0 < model.last_kl.item() < 1e3 and math.isfinite(loss.item())
+    assert 0 < model.last_aux["kl"].item() < 1e3 and math.isfinite(loss.item())
 
 
 def test_temperature_zero_is_deterministic_and_one_samples():
