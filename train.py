@@ -116,9 +116,7 @@ class Config:
             raise ValueError("sched_sampling must be in [0, 1], beta >= 0, mean_weight >= 0 and noise_dim >= 0")
         if self.dynamics == "vae" and self.noise_dim < 1:
             raise ValueError("vae dynamics need noise_dim >= 1")
-        if self.code_from not in ("winner", "change") or (self.code_from == "change" and self.codes != 2):
-            raise ValueError(f"code_from must be winner, or change with codes 2 (not {self.code_from!r} with "
-                             f"codes {self.codes})")
+        check_codes(self.codes, self.code_from)
         if self.codes < 1 or not 0 <= self.spread < 1 or self.prior_weight < 0:
             raise ValueError(f"codes must be >= 1 (not {self.codes}), spread in [0, 1) (not {self.spread}) "
                              f"and prior_weight >= 0 (not {self.prior_weight})")
@@ -127,6 +125,12 @@ class Config:
     def context_length(self) -> int:
         """Latents and actions a dynamics step is given: history, or long_history when that is on."""
         return max(self.history, self.long_history)
+
+
+def check_codes(codes: int, code_from: str):
+    """How discrete and conv dynamics choose the code that learns from a step (Config.code_from)."""
+    if code_from not in ("winner", "change") or (code_from == "change" and codes != 2):
+        raise ValueError(f"code_from must be winner, or change with codes 2 (not {code_from!r} with codes {codes})")
 
 
 def load_config(path: str | None, overrides: dict) -> Config:
@@ -505,10 +509,7 @@ class DynamicsModel(nn.Module):
         super().__init__()
         # recent: the latents seen whole; history: the context length callers pass (longer with long_history)
         self.latent_dim, self.recent, self.history = latent_dim, history, max(history, long_history)
-        self.register_buffer("z_mean", torch.zeros(latent_dim))
-        self.register_buffer("z_scale", torch.ones(()))
-        self.register_buffer("z_min", -torch.full((latent_dim,), 1e4))
-        self.register_buffer("z_max", torch.full((latent_dim,), 1e4))
+        self._latent_buffers(latent_dim)
         d_in = history * (latent_dim + 8) + extra_in
         self.net = nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(),
                                  nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, latent_dim))
@@ -528,6 +529,13 @@ class DynamicsModel(nn.Module):
             nn.init.orthogonal_(self.long_proj.weight)
             nn.init.zeros_(self.long_in[1].weight)
             nn.init.zeros_(self.long_in[1].bias)
+
+    def _latent_buffers(self, latent_dim: int):
+        """The training latents' mean, scale and per-number range (set_latent_stats fills them)."""
+        self.register_buffer("z_mean", torch.zeros(latent_dim))
+        self.register_buffer("z_scale", torch.ones(()))
+        self.register_buffer("z_min", -torch.full((latent_dim,), 1e4))
+        self.register_buffer("z_max", torch.full((latent_dim,), 1e4))
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int) -> "DynamicsModel":
@@ -674,16 +682,20 @@ class DiscreteDynamicsModel(DynamicsModel):
                  code_from: str = "winner"):
         super().__init__(latent_dim, history, hidden, extra_in=slot, long_history=long_history,
                          summary_dim=summary_dim)
-        if code_from not in ("winner", "change") or (code_from == "change" and codes != 2):
-            raise ValueError(f"code_from must be winner, or change with codes 2 (not {code_from!r} with {codes})")
+        check_codes(codes, code_from)
         self.slot, self.spread, self.prior_weight, self.code_from = slot, spread, prior_weight, code_from
         self.needs_changes = code_from == "change"
-        codes_init = torch.randn(codes, hidden) * 0.3
+        self._codes_and_prior(codes, hidden)
+        self.last_aux = {}
+
+    def _codes_and_prior(self, codes: int, width: int):
+        """One vector per code (code 0 at zero, the others small and random, so they differ from the start) and
+        the prior over them, which reads the trunk's features detached: naming the code must not bend what
+        predicts the delta."""
+        codes_init = torch.randn(codes, width) * 0.3
         codes_init[0] = 0
         self.codes = nn.Parameter(codes_init)
-        # reads the trunk's features, detached: naming the winner must not bend what predicts the delta
-        self.prior = nn.Sequential(nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, codes))
-        self.last_aux = {}
+        self.prior = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, codes))
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int) -> "DiscreteDynamicsModel":
@@ -777,16 +789,12 @@ class ConvDynamicsModel(DiscreteDynamicsModel):
         if channels * side * side != latent_dim:
             raise ValueError(f"conv dynamics need a square spatial latent: {latent_dim} is not {channels} x S x S "
                              f"(train it on an autoencoder with ae_arch spatial and the same latent_channels)")
-        if code_from not in ("winner", "change") or (code_from == "change" and codes != 2):
-            raise ValueError(f"code_from must be winner, or change with codes 2 (not {code_from!r} with {codes})")
+        check_codes(codes, code_from)
         self.latent_dim, self.recent, self.history, self.long_history = latent_dim, history, history, 0
         self.channels, self.side, self.n_head = channels, side, min(2, blocks)
         self.spread, self.prior_weight, self.code_from = spread, prior_weight, code_from
         self.needs_changes, self.stochastic, self.last_aux = code_from == "change" and codes > 1, codes > 1, {}
-        self.register_buffer("z_mean", torch.zeros(latent_dim))
-        self.register_buffer("z_scale", torch.ones(()))
-        self.register_buffer("z_min", -torch.full((latent_dim,), 1e4))
-        self.register_buffer("z_max", torch.full((latent_dim,), 1e4))
+        self._latent_buffers(latent_dim)
         self.inp = nn.Conv2d(history * channels, width, 3, 1, 1)
         self.buttons = nn.Linear(history * 8, width)
         dilations = [(1, 2, 4, 8)[i % 4] for i in range(blocks)]
@@ -797,10 +805,7 @@ class ConvDynamicsModel(DiscreteDynamicsModel):
         nn.init.zeros_(self.out.bias)
         self.n_codes = codes
         if codes > 1:  # a deterministic model (codes 1) has neither, so it fine-tunes into a discrete one
-            codes_init = torch.randn(codes, width) * 0.3
-            codes_init[0] = 0
-            self.codes = nn.Parameter(codes_init)
-            self.prior = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, codes))
+            self._codes_and_prior(codes, width)
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int) -> "ConvDynamicsModel":
