@@ -580,11 +580,16 @@ class DynamicsModel(nn.Module):
 
     change_weight = 0.0  # set by train_dynamics from Config.dyn_change_weight
 
+    def change_weights(self, target):
+        """Normalised true deltas (..., D) -> the MSE's weight per number: 1 + change_weight where it changes by
+        more than 0.1 (of the latents' std), else 1."""
+        return 1 + self.change_weight * (target.abs() > 0.1)
+
     def weighted_mse(self, pred, z_last, z_next):
         """Per-sample MSE of normalised latents (B,), the numbers that change weighted by 1 + change_weight."""
         err = ((pred - z_next) / self.z_scale).pow(2)
         if self.change_weight > 0:
-            err = err * (1 + self.change_weight * ((z_next - z_last).abs() > 0.1 * self.z_scale))
+            err = err * self.change_weights((z_next - z_last) / self.z_scale)
         return err.mean(-1)
 
     def loss(self, z_hist, a_hist, z_next):
@@ -750,7 +755,7 @@ class DiscreteDynamicsModel(DynamicsModel):
         target = (z_next - z_hist[:, -1]) / self.z_scale
         err = (deltas - target[:, None]).pow(2)  # (B, codes, D)
         if self.change_weight > 0:
-            err = err * (1 + self.change_weight * (target.abs() > 0.1))[:, None]
+            err = err * self.change_weights(target)[:, None]
         err = err.mean(-1)  # (B, codes)
         k = err.shape[1]
         if self.code_from == "change":

@@ -128,3 +128,20 @@ def test_a_vae_run_fine_tunes_into_discrete_dynamics_that_play(tiny_vae_run, tin
     for _ in range(3):
         state, z = world.step(state, torch.zeros(1, 8), 1.0)
     assert torch.isfinite(z).all() and z.shape[1] == np.prod(world.latent_shape)
+
+
+def test_dyn_change_weight_weights_the_numbers_that_change_in_every_loss():
+    torch.manual_seed(0)
+    z_hist, a_hist = torch.randn(4, 2, 6), torch.zeros(4, 2, 8)
+    z_next = z_hist[:, -1].clone()
+    z_next[:, :2] += 1.0  # two numbers change, four stay
+    for model in (train.DynamicsModel(6, history=2, hidden=16),
+                  train.DiscreteDynamicsModel(6, history=2, hidden=16, codes=1, prior_weight=0.0)):
+        model.set_latent_stats(torch.randn(100, 6))
+        with torch.no_grad():
+            plain, pred = model.loss(z_hist, a_hist, z_next)
+            err = ((pred - z_next) / model.z_scale).pow(2)
+            model.change_weight = 10.0
+            weighted, _ = model.loss(z_hist, a_hist, z_next)
+        assert torch.isclose(plain, err.mean())
+        assert torch.isclose(weighted, (err[:, :2] * 11).sum(1).add(err[:, 2:].sum(1)).div(6).mean())
