@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data train train-phase1 train-long train-conv train-discrete candidate sweeps evaluate bench clean
+.PHONY: play test venv data train train-phase1 train-long train-conv train-discrete train-flow candidate sweeps evaluate bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -56,6 +56,13 @@ train-conv: venv
 	cp runs/tetris_p2/autoencoder.pt runs/tetris_conv/ && cp runs/tetris_p2/autoencoder.pt runs/tetris_conv_change/
 	$(PY) train.py --config configs/tetris_conv.yaml --dataset data/tetris_train --stage dynamics
 	$(PY) train.py --config configs/tetris_conv_change.yaml --dataset data/tetris_train --stage dynamics
+
+# Issue #3's flow-matching dynamics on the shipped autoencoder (configs/tetris_flow.yaml): samples of the latent's
+# change, started from the conv dynamics of make train-conv. Needs runs/tetris_p2/autoencoder.pt and
+# runs/tetris_conv/dynamics.pt.
+train-flow: venv
+	mkdir -p runs/tetris_flow && cp runs/tetris_p2/autoencoder.pt runs/tetris_flow/
+	$(PY) train.py --config configs/tetris_flow.yaml --dataset data/tetris_train --stage dynamics
 
 # The discrete dynamics tried on the shipped model (configs/tetris_discrete.yaml: 8 codes, winner takes all;
 # configs/tetris_change.yaml: 2 codes, change or not). Needs runs/tetris_p2/autoencoder.pt and

@@ -62,7 +62,15 @@ class Config:
     dynamics: str = "deterministic"    # which dynamics model (see DYNAMICS)
     history: int = 1                   # latents and actions the dynamics sees (1 = the seed's single frame)
     hidden: int = 128                  # width of the dynamics MLP (conv dynamics: channels of its convolutions)
-    conv_blocks: int = 6               # conv dynamics: residual 3x3 convolutions (dilations 1, 2, 4, 8, 1, 2, ...)
+    conv_blocks: int = 6               # conv and flow dynamics: residual 3x3 convolutions (dilations 1, 2, 4, 8, ...)
+    flow_steps: int = 8                # flow dynamics: Euler steps from noise to the next latent at play time
+    flow_target: str = "delta"         # flow dynamics: what the flow draws: delta (the change, zero where nothing
+                                       # moves) | latent (the whole next latent map)
+    flow_noise: float = 1.0            # flow dynamics: std of the noise the flow starts from, in units of the latents'
+                                       # std. A piece's change is about 0.6 of that on 4% of the numbers: under noise
+                                       # 1 a sample can tell which future it is drawing only in the last steps
+    flow_gate: int = 1                 # flow dynamics: 1 = the net also weights the noisy input x_s per number (see
+                                       # FlowDynamicsModel); 0 = it reads x_s through its convolutions only
     long_history: int = 0              # > history: the dynamics also sees a summary of this many steps (the size of
                                        # each latent change squeezed to summary_dim numbers, plus the buttons), to
                                        # time what the screen does not show (gravity, auto-repeat); 0 = off
@@ -117,6 +125,11 @@ class Config:
         if self.dynamics == "vae" and self.noise_dim < 1:
             raise ValueError("vae dynamics need noise_dim >= 1")
         check_codes(self.codes, self.code_from)
+        if self.dynamics == "flow" and (self.codes != 1 or self.flow_steps < 1 or self.ae_arch != "spatial"
+                                        or self.flow_target not in ("delta", "latent") or self.flow_noise <= 0):
+            raise ValueError(f"flow dynamics need ae_arch spatial, codes 1, flow_steps >= 1, flow_target delta or "
+                             f"latent and flow_noise > 0 (not {self.ae_arch}, {self.codes}, {self.flow_steps}, "
+                             f"{self.flow_target!r}, {self.flow_noise})")
         if self.codes < 1 or not 0 <= self.spread < 1 or self.prior_weight < 0:
             raise ValueError(f"codes must be >= 1 (not {self.codes}), spread in [0, 1) (not {self.spread}) "
                              f"and prior_weight >= 0 (not {self.prior_weight})")
@@ -852,8 +865,101 @@ class ConvDynamicsModel(DiscreteDynamicsModel):
         return super().loss(z_hist, a_hist, z_next, changed)
 
 
+class FlowDynamicsModel(ConvDynamicsModel):
+    """Latent dynamics that sample the next step by flow matching, on the conv net's blocks.
+
+    Regressing the next latent (deterministic, VAE at low temperature, discrete codes) draws the mean of the
+    futures where the next frame is a coin toss: a falling piece fades by a fraction of a row at every step of
+    gravity, and the next piece spawns as a blur of every piece. Here a velocity field carries noise to one future:
+    x_s = (1 - s) * noise * eps + s * x_1 (eps ~ N(0, I), s in [0, 1]), and the net, given the context, x_s and s,
+    predicts the clean x_1. Its loss is the MSE of that prediction, the numbers that change weighted as
+    --dyn-change-weight says. Playing integrates dx/ds = (x_1_hat - x) / (1 - s) from x_0 = temperature * noise *
+    eps in `steps` Euler steps; the last step lands on the prediction. Early steps, seeing mostly noise, predict
+    the mean; later ones commit to one future, so a sample drops a whole row or none.
+
+    With gate 1 the prediction also gains gate(h) * x_s, a context-given weight per number on the noisy input: the
+    trunk alone learnt to read x_s only slowly, since 96% of the numbers never change and there x_s is pure noise to
+    ignore, so its samples hardly differed. The gate starts at zero.
+
+    target "delta": x_1 is the normalised change z_{t+1} - z_t, zero wherever nothing moves, so x_s carries the
+    outcome plainly where something does. target "latent": x_1 is the whole normalised next latent (predicted as
+    the last latent plus a change), redrawn every step. Either way the output convolution starts at zero and the
+    noise enters through zero weights, so an untrained flow copies the last latent, and one started from conv
+    dynamics (--init-dynamics) first plays exactly as they do."""
+
+    def __init__(self, latent_dim: int, history: int = 1, width: int = 64, channels: int = 4, blocks: int = 8,
+                 steps: int = 8, target: str = "delta", gate: int = 1, noise: float = 1.0):
+        super().__init__(latent_dim, history, width, channels, blocks)
+        if steps < 1 or target not in ("delta", "latent") or noise <= 0:
+            raise ValueError(f"flow dynamics need flow_steps >= 1 (not {steps}), flow_target delta or latent "
+                             f"(not {target!r}) and flow_noise > 0 (not {noise})")
+        self.stochastic, self.steps, self.target, self.noise = True, steps, target, noise
+        self.inp = nn.Conv2d((history + 1) * channels, width, 3, 1, 1)  # the context and x_s, stacked
+        self.register_buffer("freqs", torch.pi * 2.0 ** torch.arange(8.0))
+        self.time = nn.Sequential(nn.Linear(16, width), nn.GELU(), nn.Linear(width, width))
+        nn.init.zeros_(self.time[-1].weight)
+        nn.init.zeros_(self.time[-1].bias)
+        if gate:
+            self.gate = nn.Conv2d(width, channels, 1)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
+        self.use_gate = bool(gate)
+
+    @classmethod
+    def from_config(cls, cfg: "Config", latent_dim: int) -> "FlowDynamicsModel":
+        return cls(latent_dim, cfg.history, cfg.hidden, cfg.latent_channels, cfg.conv_blocks, cfg.flow_steps,
+                   cfg.flow_target, cfg.flow_gate, cfg.flow_noise)
+
+    def denoise(self, z_hist, a_hist, x, s):
+        """Raw context (B, K, D), buttons (B, K, 8), x_s (B, D), s (B,) -> predicted x_1 (B, D), normalised."""
+        b = len(z_hist)
+        ctx = self.normalize(z_hist[:, -self.recent:])
+        maps = torch.cat([ctx, x[:, None]], dim=1).view(b, (self.recent + 1) * self.channels, self.side, self.side)
+        angles = s[:, None] * self.freqs
+        h = (self.inp(maps) + self.buttons(a_hist[:, -self.recent:].flatten(1))[:, :, None, None]
+             + self.time(torch.cat([angles.sin(), angles.cos()], dim=-1))[:, :, None, None])
+        h = F.gelu(self._blocks(h, range(len(self.blocks))))
+        change = self.out(h).flatten(1)
+        if self.use_gate:
+            change = change + self.gate(h).flatten(1) * x
+        return change if self.target == "delta" else ctx[:, -1] + change
+
+    def to_latent(self, x, z_hist):
+        """A sample x_1 -> the raw next latent (B, D)."""
+        return z_hist[:, -1] + x * self.z_scale if self.target == "delta" else x * self.z_scale + self.z_mean
+
+    def sample(self, z_hist, a_hist, temperature: float = 1.0, steps: int | None = None):
+        """Integrate the flow from temperature * eps -> x_1 (B, D), normalised."""
+        steps = steps or self.steps
+        x = torch.randn(len(z_hist), self.latent_dim, device=z_hist.device) * (self.noise * temperature)
+        for k in range(steps):
+            s = torch.full((len(x),), k / steps, device=x.device)
+            x = x + (self.denoise(z_hist, a_hist, x, s) - x) / (steps - k)
+        return x
+
+    def forward(self, z_hist, a_hist):
+        """The temperature-0 sample's raw delta (B, D)."""
+        return self.to_latent(self.sample(z_hist, a_hist, 0.0), z_hist) - z_hist[:, -1]
+
+    def step(self, z_hist, a_hist, temperature: float = 0.0):
+        z = self.to_latent(self.sample(z_hist, a_hist, temperature), z_hist)
+        return torch.maximum(torch.minimum(z, self.z_max), self.z_min)
+
+    def loss(self, z_hist, a_hist, z_next, changed=None):
+        """MSE of the predicted x_1 at a random flow time s; -> (loss, that prediction as a raw latent)."""
+        delta = (z_next - z_hist[:, -1]) / self.z_scale
+        x1 = delta if self.target == "delta" else self.normalize(z_next)
+        s = torch.rand(len(x1), device=x1.device)
+        x = (1 - s[:, None]) * self.noise * torch.randn_like(x1) + s[:, None] * x1
+        pred = self.denoise(z_hist, a_hist, x, s)
+        err = (pred - x1).pow(2)
+        if self.change_weight > 0:
+            err = err * self.change_weights(delta)
+        return err.mean(), self.to_latent(pred, z_hist)
+
+
 DYNAMICS = {"deterministic": DynamicsModel, "vae": VAEDynamicsModel, "discrete": DiscreteDynamicsModel,
-            "conv": ConvDynamicsModel}
+            "conv": ConvDynamicsModel, "flow": FlowDynamicsModel}
 
 
 def build_dynamics(cfg: Config, latent_dim: int) -> nn.Module:
@@ -1403,6 +1509,31 @@ def pick_starts(cache: FrameCache, history: int, static_frame: np.ndarray) -> di
                      "actions": torch.zeros(history, 8, dtype=torch.uint8)}}
 
 
+def load_init_dynamics(model: nn.Module, init: nn.Module) -> list[str]:
+    """Start `model` from another dynamics model's weights (--init-dynamics); -> the names that start fresh.
+
+    Parts the source lacks start fresh (the long view, a discrete model's codes and prior, a flow's time
+    embedding and gate); weights only the source's training used (a VAE's posterior) are left behind. An input
+    that gained channels (a flow's x_s beside the conv context) keeps the source's weights on the channels it had,
+    and the new ones start at zero. Anything else that does not fit raises ValueError."""
+    source, own = init.state_dict(), model.state_dict()
+    for k, v in source.items():
+        w = own.get(k)
+        if w is not None and v.dim() > 1 and w.shape[0] == v.shape[0] and w.shape[1] > v.shape[1] \
+                and w.shape[2:] == v.shape[2:]:
+            source[k] = torch.cat([v, v.new_zeros(v.shape[0], w.shape[1] - v.shape[1], *v.shape[2:])], dim=1)
+    try:
+        missing, unexpected = model.load_state_dict(source, strict=False)
+    except RuntimeError as e:
+        lines = str(e).splitlines()
+        raise ValueError(lines[1].strip() if len(lines) > 1 else str(e)) from None
+    new = [k for k in missing if not k.startswith(("long_", "codes", "prior.", "time.", "freqs", "gate."))]
+    unexpected = [k for k in unexpected if not k.startswith(getattr(init, "training_only", ()) or "\0")]
+    if new or unexpected:
+        raise ValueError(f"missing {new[:3]}, unexpected {unexpected[:3]}")
+    return missing
+
+
 def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_extra: dict, out: str):
     from tqdm import tqdm
     train_rows, val_rows = split_rows(cache, cfg, horizon=cfg.unroll)
@@ -1419,17 +1550,10 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} is an export for play without its "
                              f"{', '.join(init_ckpt['dropped'])} weights; start from the run's dynamics.pt in runs/")
         try:
-            missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
-        except RuntimeError as e:
-            raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} does not fit this config's dynamics: "
-                             f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
-        # parts the source lacks start fresh (the long view, a discrete model's codes and prior); weights only the
-        # source's training used (a VAE's posterior) are left behind
-        new = [k for k in missing if not k.startswith(("long_", "codes", "prior."))]
-        unexpected = [k for k in unexpected if not k.startswith(getattr(init, "training_only", ()) or "\0")]
-        if new or unexpected:
-            raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} does not fit this config's dynamics: "
-                             f"missing {new[:3]}, unexpected {unexpected[:3]}")
+            missing = load_init_dynamics(model, init)
+        except ValueError as e:
+            raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics} does not fit this config's dynamics: {e}") \
+                from None
         fresh = sorted({k.split(".")[0] for k in missing})
         print(f"dynamics: starting from {cfg.init_dynamics}" + (f" ({', '.join(fresh)} start fresh)" if fresh else ""))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.dyn_lr)
@@ -1599,6 +1723,13 @@ def main(argv=None):
         split_rows(cache, cfg, horizon=cfg.unroll)  # fail on unusable data before writing anything
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
+    if cfg.stage == "dynamics":  # before anything is written: the autoencoder the dynamics will train on
+        try:
+            autoencoder, ae_ckpt = load_model(os.path.join(out, "autoencoder.pt"), "autoencoder")
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}; --stage dynamics trains on the run directory's autoencoder: run --stage ae "
+                             f"first, or copy one there") from None
+        ae_extra = {k: ae_ckpt[k] for k in ("hash", "static_frame", "val_l1")}
     os.makedirs(out, exist_ok=True)
     print(f"{cfg.dataset}: {len(cache.frames)} frames in {len(np.unique(cache.episodes))} episodes "
           f"(cache {cache.fingerprint})")
@@ -1609,9 +1740,6 @@ def main(argv=None):
     if cfg.stage in ("ae", "all"):
         autoencoder, ae_extra = train_autoencoder(cfg, cache, out)
         timings["autoencoder_s"] = time.time() - t
-    else:
-        autoencoder, ae_ckpt = load_model(os.path.join(out, "autoencoder.pt"), "autoencoder")
-        ae_extra = {k: ae_ckpt[k] for k in ("hash", "static_frame", "val_l1")}
     if cfg.stage in ("dynamics", "all"):
         t = time.time()
         dynamics, dyn_extra = train_dynamics(cfg, cache, autoencoder, ae_extra, out)
