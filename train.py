@@ -67,8 +67,8 @@ class Config:
     flow_target: str = "delta"         # flow dynamics: what the flow draws: delta (the change, zero where nothing
                                        # moves) | latent (the whole next latent map)
     flow_noise: float = 1.0            # flow dynamics: std of the noise the flow starts from, in units of the latents'
-                                       # std. A piece's change is about 0.6 of that on 4% of the numbers: under noise
-                                       # 1 a sample can tell which future it is drawing only in the last steps
+                                       # std. A piece's change is smaller than 1 on a few numbers: under noise 1 a
+                                       # sample can tell which future it is drawing only in its last steps
     flow_gate: int = 1                 # flow dynamics: 1 = the net also weights the noisy input x_s per number (see
                                        # FlowDynamicsModel); 0 = it reads x_s through its convolutions only
     long_history: int = 0              # > history: the dynamics also sees a summary of this many steps (the size of
@@ -878,7 +878,7 @@ class FlowDynamicsModel(ConvDynamicsModel):
     the mean; later ones commit to one future, so a sample drops a whole row or none.
 
     With gate 1 the prediction also gains gate(h) * x_s, a context-given weight per number on the noisy input: the
-    trunk alone learnt to read x_s only slowly, since 96% of the numbers never change and there x_s is pure noise to
+    trunk alone learnt to read x_s only slowly, since most numbers never change and there x_s is pure noise to
     ignore, so its samples hardly differed. The gate starts at zero.
 
     target "delta": x_1 is the normalised change z_{t+1} - z_t, zero wherever nothing moves, so x_s carries the
