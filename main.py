@@ -321,6 +321,8 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=None,
                    help="stochastic dynamics: 0 = deterministic .. 1 = full samples (default: the checkpoint's; "
                         "keys - and = change it while playing)")
+    p.add_argument("--flow-steps", type=int, default=None,
+                   help="flow dynamics: Euler steps per frame (default: the checkpoint's); fewer play faster")
     p.add_argument("--fps", type=int, default=None, help="frame cap; 0 = as fast as possible (default: 30 in a window, 0 headless)")
     p.add_argument("--record", default=None, help="write what was shown to this .gif")
     p.add_argument("--stats", default=None, metavar="PREFIX",
@@ -349,6 +351,13 @@ def main(argv=None):
         world = WorldModel.load(args.checkpoint, device=args.device)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
+    if args.flow_steps is not None:
+        if not hasattr(world.dynamics, "steps"):
+            raise SystemExit(f"error: --flow-steps: {args.checkpoint} has {type(world.dynamics).__name__}, "
+                             f"not flow dynamics")
+        if args.flow_steps < 1:
+            raise SystemExit(f"error: --flow-steps {args.flow_steps}: must be >= 1")
+        world.dynamics.steps = args.flow_steps
     compile_model = args.compile == "on" or (args.compile == "auto" and args.device.startswith("cuda"))
     try:
         if args.temperature is not None and not 0 <= args.temperature <= 1:

@@ -1,4 +1,4 @@
-"""Flow-matching dynamics (--dynamics flow): samples of the whole next latent map, not the mean of the futures."""
+"""Flow-matching dynamics (--dynamics flow): samples of one future, not the mean of the futures."""
 import os
 import shutil
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import main as play
 import train
 
 
@@ -88,7 +89,7 @@ def test_flow_settings_are_checked():
         train.Config(dynamics="flow", ae_arch="spatial", flow_noise=0)
 
 
-def test_a_flow_run_trains_exports_and_plays(tiny_run, tiny_dataset, tmp_path):
+def test_a_flow_run_trains_exports_and_plays(tiny_run, tiny_dataset, tmp_path, monkeypatch):
     out = str(tmp_path / "flow")
     args = ["--dataset", tiny_dataset, "--out", out, "--stage", "dynamics", "--ae-arch", "spatial", "--ae-width", "8",
             "--latent-channels", "2", "--history", "2", "--hidden", "8", "--conv-blocks", "2", "--dynamics", "flow",
@@ -108,3 +109,13 @@ def test_a_flow_run_trains_exports_and_plays(tiny_run, tiny_dataset, tmp_path):
         state, z = world.step(state, torch.zeros(1, 8), 0.9)
         zs.append(z)
     assert all(torch.isfinite(z).all() for z in zs) and zs[0].shape[1] == np.prod(world.latent_shape)
+    calls = []
+    denoise = train.FlowDynamicsModel.denoise
+    monkeypatch.setattr(train.FlowDynamicsModel, "denoise", lambda self, *a: calls.append(1) or denoise(self, *a))
+    assert play.main(["--checkpoint", os.path.join(out, "export"), "--headless", "--frames", "2",
+                      "--flow-steps", "5"])["frames"] == 2
+    assert len(calls) == 2 * 5  # 5 Euler steps a frame, not the checkpoint's 3
+    with pytest.raises(SystemExit, match="--flow-steps 0: must be >= 1"):
+        play.main(["--checkpoint", os.path.join(out, "export"), "--headless", "--flow-steps", "0"])
+    with pytest.raises(SystemExit, match="not flow dynamics"):
+        play.main(["--checkpoint", os.path.join(tiny_run, "export"), "--headless", "--flow-steps", "2"])
