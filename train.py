@@ -928,9 +928,9 @@ class FlowDynamicsModel(ConvDynamicsModel):
         """A sample x_1 -> the raw next latent (B, D)."""
         return z_hist[:, -1] + x * self.z_scale if self.target == "delta" else x * self.z_scale + self.z_mean
 
-    def sample(self, z_hist, a_hist, temperature: float = 1.0, steps: int | None = None):
-        """Integrate the flow from temperature * eps -> x_1 (B, D), normalised."""
-        steps = steps or self.steps
+    def sample(self, z_hist, a_hist, temperature: float = 1.0):
+        """Integrate the flow from temperature * noise * eps in self.steps Euler steps -> x_1 (B, D), normalised."""
+        steps = self.steps
         x = torch.randn(len(z_hist), self.latent_dim, device=z_hist.device) * (self.noise * temperature)
         for k in range(steps):
             s = torch.full((len(x),), k / steps, device=x.device)
