@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from collect import ACTION_NAMES, RandomPolicy, keys_to_action
-from train import CheckpointError, WorldModel, load_frames, save_figure
+from train import CheckpointError, FlowDynamicsModel, WorldModel, load_frames, save_figure
 
 HELP = "arrows  X=A  Z=B  Enter=START  RShift=SELECT  R=reset  -/= temperature  Esc=quit"
 WIDTH, HEIGHT, BAR = 512, 480, 44  # the NES's 256x240 aspect, doubled, plus a status bar
@@ -352,7 +352,7 @@ def main(argv=None):
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
     if args.flow_steps is not None:
-        if not hasattr(world.dynamics, "steps"):
+        if not isinstance(world.dynamics, FlowDynamicsModel):
             raise SystemExit(f"error: --flow-steps: {args.checkpoint} has {type(world.dynamics).__name__}, "
                              f"not flow dynamics")
         if args.flow_steps < 1:
