@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data train train-phase1 train-long train-conv train-discrete train-flow candidate sweeps evaluate bench clean
+.PHONY: play test venv data train train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -63,6 +63,12 @@ train-conv: venv
 train-flow: venv
 	mkdir -p runs/tetris_flow && cp runs/tetris_p2/autoencoder.pt runs/tetris_flow/
 	$(PY) train.py --config configs/tetris_flow.yaml --dataset data/tetris_train --stage dynamics
+
+# Issue #3's stability bar, round 4: the long view (make train-long) fine-tuned with an L1 latent loss, whose
+# prediction is the median of the futures rather than their mean (configs/tetris_long_l1.yaml).
+train-l1: venv
+	mkdir -p runs/tetris_long_l1 && cp runs/tetris_p2/autoencoder.pt runs/tetris_long_l1/
+	$(PY) train.py --config configs/tetris_long_l1.yaml --dataset data/tetris_train --stage dynamics
 
 # The discrete dynamics tried on the shipped model (configs/tetris_discrete.yaml: 8 codes, winner takes all;
 # configs/tetris_change.yaml: 2 codes, change or not). Needs runs/tetris_p2/autoencoder.pt and

@@ -13,7 +13,8 @@ Whole-frame scores on Tetris are nearly saturated (little of the screen moves), 
 also reported on the changed pixels: where the real future frame differs from the start frame by
 more than --change-threshold. Metrics: L1, SSIM (scikit-image), LPIPS (AlexNet, real ImageNet weights).
 With the dataset's RAM column, one-step errors are also broken down by what the game did (--events):
-gravity, soft drop, shift, rotate, and lock/line clear/spawn.
+gravity, soft drop, shift, rotate, and lock/line clear/spawn; and how much of a still falling piece each model
+keeps one step ahead, where no pixel changes and so no changed-pixel score can see a fade.
 """
 from __future__ import annotations
 
@@ -333,6 +334,50 @@ def event_report(worlds: dict, cache, ram: np.ndarray, n: int, seed: int, thresh
     return out
 
 
+HOLD_LOOKBACK = 20  # steps: what changed on screen since then, and is still bright, is the falling piece (or a counter)
+
+
+@torch.no_grad()
+def hold_report(worlds: dict, cache, ram: np.ndarray, n: int, seed: int, threshold: float) -> dict:
+    """Does a model keep a piece that does not move? On up to n pairs where the piece is falling and nothing on
+    screen changes one step ahead, the brightness each model draws on the piece's pixels (those that changed in
+    the last HOLD_LOOKBACK steps and are bright in the real next frame), over the real frame's: 1 keeps it whole.
+    A model that draws it 10% dimmer at every such step fades it out within a second of play, though no
+    changed-pixel score sees it (no pixel changes). -> {"pairs": .., method: ratio}, or {} where none."""
+    import collect as C
+    rows = pair_indices(cache.episodes)
+    rows = rows[rows - HOLD_LOOKBACK >= cache.episode_start[rows]]
+    falling = (ram[rows, C.GAME_MODE] == C.PLAYING) & np.all(
+        [ram[rows + d, C.PLAY_STATE] == C.FALLING for d in (-1, 0, 1)], axis=0)
+    rows = rows[falling]
+    frame = lambda r: cache.frames[r].astype(np.int16)
+    still = ~(np.abs(frame(rows + 1) - frame(rows)) > threshold * 255).any(axis=(1, 2))
+    rows = rows[still]
+    piece = lambda r: (np.abs(frame(r) - frame(r - HOLD_LOOKBACK)) > threshold * 255) & (frame(r + 1) > 0.3 * 255)
+    rows = rows[piece(rows).sum(axis=(1, 2)) >= 4] if len(rows) else rows
+    if len(rows) == 0:
+        return {}
+    picked = np.sort(np.random.default_rng([seed, len(EVENTS)]).choice(rows, min(n, len(rows)), replace=False))
+    real, _ = real_frames(cache, picked, [1])
+    mask = piece(picked)
+    kept = lambda pred: float(np.mean((pred * mask).sum(axis=(1, 2)) / (real[0] * mask).sum(axis=(1, 2))))
+    out = {"pairs": len(picked)}
+    for name, world in worlds.items():
+        preds = evaluate_world(world, cache, picked, [1])
+        tag = f" ({name})" if len(worlds) > 1 else ""
+        out["model" + tag] = kept(preds["model"][0])
+        out["autoencoder oracle" + tag] = kept(preds["autoencoder oracle"][0])
+    return out
+
+
+def hold_table(hold: dict) -> str:
+    methods = [m for m in hold if m != "pairs"]
+    return ("Brightness drawn on a still falling piece one step ahead, over the real frame's, on "
+            f"{hold['pairs']} pairs where nothing on screen changes (`--events`; 1 keeps the piece whole):\n\n"
+            "| " + " | ".join(methods) + " |\n" + "|---" * len(methods) + "|\n"
+            "| " + " | ".join(f"{hold[m]:.3f}" for m in methods) + " |")
+
+
 def event_table(events: dict, threshold: float) -> str:
     methods = list(next(iter(events.values())))[1:]
     lines = [f"Changed-pixel L1 one step ahead (threshold {threshold}), by what the game did (`--events`):\n",
@@ -487,10 +532,12 @@ def main(argv=None):
     order = [m for m in results if m.startswith("model")] + [m for m in results if not m.startswith("model")]
     results = {m: results[m] for m in order}
     no_action = {name: no_action_report(world, cache, starts) for name, world in worlds.items()}
-    events = {}
+    events, hold = {}, {}
     if args.events > 0:
         try:
-            events = event_report(worlds, cache, load_ram(args.dataset), args.events, args.seed, args.change_threshold)
+            ram = load_ram(args.dataset)
+            events = event_report(worlds, cache, ram, args.events, args.seed, args.change_threshold)
+            hold = hold_report(worlds, cache, ram, args.events, args.seed, args.change_threshold)
         except DatasetError as e:
             print(f"events: skipped ({e})")
 
@@ -503,6 +550,8 @@ def main(argv=None):
         f"- {name}: " + "; ".join(f"{k} {v:.5f}" for k, v in r.items()) for name, r in no_action.items())
     if events:
         notes += "\n\n## By event\n\n" + event_table(events, args.change_threshold) + "\n"
+    if hold:
+        notes += "\n" + hold_table(hold) + "\n"
     if diversity:
         notes += (f"\n\n## Diversity between {args.samples} samples at temperature {args.temperature:g}\n\n"
                   "Mean L1 between pairs of samples from the same start and buttons, and the fraction of pixels "
@@ -520,7 +569,7 @@ def main(argv=None):
                "seed": args.seed, "starts": len(starts), "horizons": args.horizons,
                "change_threshold": args.change_threshold, "results": results, "no_action": no_action,
                "samples": args.samples, "temperature": args.temperature, "diversity": diversity, "events": events,
-               "seconds": time.time() - t0}
+               "hold": hold, "seconds": time.time() - t0}
     for path, text in ((args.out + ".md", header + table + notes + "\n"),
                        (args.out + ".json", json.dumps(payload, indent=1))):
         with open(path + ".tmp", "w") as f:

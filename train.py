@@ -79,9 +79,18 @@ class Config:
     dyn_epochs: int = 50
     unroll: int = 1                    # train on the summed loss of this many self-fed steps (1 = one-step delta MSE)
     context_noise: float = 0.0         # std of noise added to past latents while training (robustness to own errors)
+    dyn_loss: str = "mse"              # what the dynamics' latent loss scores: mse (the seed's: the mean of the futures)
+                                       # | l1 (their median, per number: where a falling piece drops this step with
+                                       # chance 1/24, the mean moves it 1/24 of a row at every step and fades it; the
+                                       # median keeps it whole until the drop is likelier than not; on Tetris it barely
+                                       # helped: README, round 4). Not for flow.
     dyn_change_weight: float = 0.0     # extra weight on the latent numbers that change (by > 0.1 of the latents' std)
-                                       # in the MSE of deterministic, discrete and conv dynamics (not vae): a piece is
-                                       # a few cells of the map, so erasing it costs little unweighted; 0 = plain MSE
+                                       # in the dynamics' loss: a piece is a few cells of the map, so erasing it costs
+                                       # little unweighted; 0 = unweighted
+    dyn_content_weight: float = 0.0    # extra weight on the numbers where the next latent holds content (more than
+                                       # 0.5 std from the training latents' median: the piece and the stack, about 10%
+                                       # of them): meant to make shrinking a still piece toward the empty well cost
+                                       # more (it barely did; README, round 4)
     dyn_samples_per_epoch: int = 0     # pairs drawn per epoch (0 = every training pair once)
     init_dynamics: str = ""            # start the dynamics from this dynamics.pt (fine-tuning, e.g. a longer --unroll)
     sched_sampling: float = 0.0        # > 0: scheduled sampling in --unroll training: feed the model its own prediction
@@ -130,6 +139,12 @@ class Config:
             raise ValueError(f"flow dynamics need ae_arch spatial, codes 1, flow_steps >= 1, flow_target delta or "
                              f"latent and flow_noise > 0 (not {self.ae_arch}, {self.codes}, {self.flow_steps}, "
                              f"{self.flow_target!r}, {self.flow_noise})")
+        if self.dyn_change_weight < 0 or self.dyn_content_weight < 0:
+            raise ValueError(f"dyn_change_weight and dyn_content_weight must be >= 0 (not {self.dyn_change_weight}, "
+                             f"{self.dyn_content_weight})")
+        if self.dyn_loss not in ("mse", "l1") or (self.dyn_loss != "mse" and self.dynamics == "flow"):
+            raise ValueError(f"dyn_loss must be mse or l1, and mse for flow dynamics, whose prediction must be the "
+                             f"mean (not {self.dyn_loss!r} for {self.dynamics})")
         if self.codes < 1 or not 0 <= self.spread < 1 or self.prior_weight < 0:
             raise ValueError(f"codes must be >= 1 (not {self.codes}), spread in [0, 1) (not {self.spread}) "
                              f"and prior_weight >= 0 (not {self.prior_weight})")
@@ -549,6 +564,8 @@ class DynamicsModel(nn.Module):
         self.register_buffer("z_scale", torch.ones(()))
         self.register_buffer("z_min", -torch.full((latent_dim,), 1e4))
         self.register_buffer("z_max", torch.full((latent_dim,), 1e4))
+        # the usual value of each number (the empty well and the static screen); training only, so not saved
+        self.register_buffer("z_median", torch.zeros(latent_dim), persistent=False)
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int) -> "DynamicsModel":
@@ -578,6 +595,7 @@ class DynamicsModel(nn.Module):
         self.z_scale.copy_(z.std().clamp_min(1e-6))
         self.z_min.copy_(z.min(0).values)
         self.z_max.copy_(z.max(0).values)
+        self.z_median.copy_(z.median(0).values)
 
     def normalize(self, z):
         return (z - self.z_mean) / self.z_scale
@@ -592,23 +610,38 @@ class DynamicsModel(nn.Module):
         return torch.maximum(torch.minimum(z, self.z_max), self.z_min)
 
     change_weight = 0.0  # set by train_dynamics from Config.dyn_change_weight
+    content_weight = 0.0  # set by train_dynamics from Config.dyn_content_weight
+    loss_kind = "mse"  # set by train_dynamics from Config.dyn_loss
 
-    def change_weights(self, target):
-        """Normalised true deltas (..., D) -> the MSE's weight per number: 1 + change_weight where it changes by
-        more than 0.1 (of the latents' std), else 1."""
-        return 1 + self.change_weight * (target.abs() > 0.1)
+    def loss_weights(self, delta, z_next):
+        """Normalised true deltas and raw next latents (..., D) -> the loss's weight per number: 1, plus
+        change_weight where it changes by more than 0.1 (of the latents' std), plus content_weight where the next
+        latent is more than 0.5 from the training latents' median (the piece and the stack, about 10% of them)."""
+        w = 1 + self.change_weight * (delta.abs() > 0.1)
+        if self.content_weight > 0:
+            w = w + self.content_weight * ((z_next - self.z_median).abs() > 0.5 * self.z_scale)
+        return w
 
-    def weighted_mse(self, pred, z_last, z_next):
-        """Per-sample MSE of normalised latents (B,), the numbers that change weighted by 1 + change_weight."""
-        err = ((pred - z_next) / self.z_scale).pow(2)
-        if self.change_weight > 0:
-            err = err * self.change_weights((z_next - z_last) / self.z_scale)
+    @property
+    def weighted(self) -> bool:
+        return self.change_weight > 0 or self.content_weight > 0
+
+    def latent_error(self, pred, target):
+        """Per-number error of raw latents, normalised: squared (loss_kind mse) or absolute (l1)."""
+        diff = (pred - target) / self.z_scale
+        return diff.abs() if self.loss_kind == "l1" else diff.pow(2)
+
+    def weighted_error(self, pred, z_last, z_next):
+        """Per-sample error of normalised latents (B,), each number weighted as loss_weights says."""
+        err = self.latent_error(pred, z_next)
+        if self.weighted:
+            err = err * self.loss_weights((z_next - z_last) / self.z_scale, z_next)
         return err.mean(-1)
 
     def loss(self, z_hist, a_hist, z_next):
-        """One-step MSE of the normalised delta; returns (loss, prediction)."""
+        """One-step error (MSE or L1, loss_kind) of the normalised delta; returns (loss, prediction)."""
         pred = z_hist[:, -1] + self(z_hist, a_hist)
-        return self.weighted_mse(pred, z_hist[:, -1], z_next).mean(), pred
+        return self.weighted_error(pred, z_hist[:, -1], z_next).mean(), pred
 
 
 class VAEDynamicsModel(DynamicsModel):
@@ -669,11 +702,11 @@ class VAEDynamicsModel(DynamicsModel):
         pred = z_hist[:, -1] + self.transition(torch.cat([x, e], dim=-1), z_hist, a_hist) * self.z_scale
         kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(-1).mean()
         self.last_aux = {"kl": kl.detach()}
-        loss = F.mse_loss(pred / self.z_scale, z_next / self.z_scale) + self.beta * kl
+        loss = self.weighted_error(pred, z_hist[:, -1], z_next).mean() + self.beta * kl
         if self.mean_weight > 0:
             central = self.transition(torch.cat([x, torch.zeros_like(e)], dim=-1), z_hist, a_hist)
             pred = z_hist[:, -1] + central * self.z_scale
-            loss = loss + self.mean_weight * F.mse_loss(pred / self.z_scale, z_next / self.z_scale)
+            loss = loss + self.mean_weight * self.weighted_error(pred, z_hist[:, -1], z_next).mean()
         return loss, pred
 
 
@@ -759,16 +792,16 @@ class DiscreteDynamicsModel(DynamicsModel):
         return torch.maximum(torch.minimum(z, self.z_max), self.z_min)
 
     def loss(self, z_hist, a_hist, z_next, changed=None):
-        """MSE of the normalised delta, the code that takes it chosen by code_from, plus prior_weight x cross-entropy
+        """MSE (or L1, loss_kind) of the normalised delta, the code that takes it chosen by code_from, plus prior_weight x cross-entropy
         of the prior against that code; -> (loss, that code's prediction). code_from "winner": the code closest to
         the truth (the others get a `spread` share); "change": code 1 where the screen changes (changed, (B,) bool),
         else code 0, and only that code learns."""
         h = self.features(z_hist, a_hist)
         deltas = self.all_deltas(h)
         target = (z_next - z_hist[:, -1]) / self.z_scale
-        err = (deltas - target[:, None]).pow(2)  # (B, codes, D)
-        if self.change_weight > 0:
-            err = err * self.change_weights(target)[:, None]
+        err = (deltas - target[:, None]).abs() if self.loss_kind == "l1" else (deltas - target[:, None]).pow(2)
+        if self.weighted:
+            err = err * self.loss_weights(target, z_next)[:, None]
         err = err.mean(-1)  # (B, codes)
         k = err.shape[1]
         if self.code_from == "change":
@@ -953,8 +986,8 @@ class FlowDynamicsModel(ConvDynamicsModel):
         x = (1 - s[:, None]) * self.noise * torch.randn_like(x1) + s[:, None] * x1
         pred = self.denoise(z_hist, a_hist, x, s)
         err = (pred - x1).pow(2)
-        if self.change_weight > 0:
-            err = err * self.change_weights(delta)
+        if self.weighted:
+            err = err * self.loss_weights(delta, z_next)
         return err.mean(), self.to_latent(pred, z_hist)
 
 
@@ -1345,9 +1378,10 @@ def cosine_schedule(opt, epochs: int, lr: float, start_epoch: int):
 AE_KEYS = ["dataset", "seed", "image_size", "val_frac", "ae_arch", "latent_dim", "latent_channels", "ae_width",
            "ae_depth", "change_weight", "perceptual", "perceptual_weight", "perceptual_batch", "latent_noise",
            "init_autoencoder", "ae_lr", "batch_size", "ae_samples_per_epoch"]
-DYN_KEYS = AE_KEYS + ["dynamics", "history", "long_history", "summary_dim", "hidden", "dyn_lr", "unroll",
+DYN_KEYS = AE_KEYS + ["dynamics", "history", "long_history", "summary_dim", "hidden", "dyn_lr", "unroll", "dyn_loss",
                       "context_noise", "dyn_samples_per_epoch", "init_dynamics", "sched_sampling", "noise_dim", "beta",
-                      "mean_weight", "codes", "spread", "prior_weight", "code_from", "conv_blocks", "dyn_change_weight"]
+                      "mean_weight", "codes", "spread", "prior_weight", "code_from", "conv_blocks", "dyn_change_weight",
+                      "dyn_content_weight"]
 
 
 def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Module, dict]:
@@ -1574,7 +1608,8 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
     sched = cosine_schedule(opt, cfg.dyn_epochs, cfg.dyn_lr, start_epoch)
     episode_start = cache.episode_start
     changes = screen_changes(cache) if getattr(model, "needs_changes", False) else None
-    model.change_weight = cfg.dyn_change_weight
+    model.change_weight, model.content_weight, model.loss_kind = cfg.dyn_change_weight, cfg.dyn_content_weight, \
+        cfg.dyn_loss
     n_params = sum(p.numel() for p in model.parameters())
     print(f"dynamics {cfg.dynamics}: {n_params / 1e6:.2f}M parameters, latent {latent_dim}, history {cfg.history}"
           f"{f' (+ a summary of {cfg.long_history})' if cfg.long_history else ''}, "

@@ -142,3 +142,27 @@ def test_nearest_real_frame_distance_and_the_realism_summary(tiny_dataset, tiny_
     # how lively the real game is, beside the dream's frame change
     assert 0 < ref["frame_change"] < 0.05 and 0 < ref["frames_changing"] <= 1
     assert summary["reference"]["frame_change"] == ref["frame_change"]
+
+
+def test_hold_scores_the_brightness_kept_on_a_still_falling_piece(tiny_dataset, tmp_path, monkeypatch):
+    import collect
+    import train
+    cache = train.load_frames(tiny_dataset, 80, cache_dir=str(tmp_path / "cache"))
+    ram = evaluate.load_ram(tiny_dataset)
+    seen = []
+
+    def scaled(world, cache, picked, horizons):  # a "model" that draws the real next frame times its gain
+        seen.append(picked)
+        real = cache.frames[picked + 1].astype(np.float64)[None] / 255
+        return {"model": real * world, "autoencoder oracle": real}
+
+    monkeypatch.setattr(evaluate, "evaluate_world", scaled)
+    hold = evaluate.hold_report({"dim": 0.8, "whole": 1.0}, cache, ram, 50, 0, 0.1)
+    assert hold["pairs"] > 0 and hold["pairs"] == len(seen[0])
+    assert hold["model (dim)"] == pytest.approx(0.8) and hold["model (whole)"] == pytest.approx(1.0)
+    assert hold["autoencoder oracle (dim)"] == pytest.approx(1.0)
+    rows = seen[0]  # falling-piece steps on which no pixel changes, inside one episode
+    assert (ram[rows, collect.PLAY_STATE] == collect.FALLING).all()
+    assert (cache.episodes[rows - evaluate.HOLD_LOOKBACK] == cache.episodes[rows + 1]).all()
+    assert not (np.abs(cache.frames[rows + 1].astype(int) - cache.frames[rows]) > 25.5).any()
+    assert evaluate.hold_report({"dim": 0.8}, cache, np.zeros_like(ram), 50, 0, 0.1) == {}  # nobody playing
