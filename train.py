@@ -793,9 +793,9 @@ class DiscreteDynamicsModel(DynamicsModel):
 
     def loss(self, z_hist, a_hist, z_next, changed=None):
         """MSE (or L1, loss_kind) of the normalised delta, the code that takes it chosen by code_from, plus
-        prior_weight x cross-entropy of the prior against that code; -> (loss, that code's prediction). code_from "winner": the code closest to
-        the truth (the others get a `spread` share); "change": code 1 where the screen changes (changed, (B,) bool),
-        else code 0, and only that code learns."""
+        prior_weight x cross-entropy of the prior against that code; -> (loss, that code's prediction).
+        code_from "winner": the code closest to the truth (the others get a `spread` share); "change": code 1 where
+        the screen changes (changed, (B,) bool), else code 0, and only that code learns."""
         h = self.features(z_hist, a_hist)
         deltas = self.all_deltas(h)
         target = (z_next - z_hist[:, -1]) / self.z_scale
