@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data train train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
+.PHONY: play test venv data train train-tiles train-tiles-hidden train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -90,6 +90,18 @@ candidate: venv
 # (vae_beta and multistep need runs/tetris_p2/autoencoder.pt from make train)
 sweeps: venv
 	for s in perceptual latent_noise capacity vae_beta multistep; do $(PY) sweep.py configs/sweeps/$$s.yaml || exit 1; done
+
+# Issue #3's round 5: the tile world: native 8x8 tiles as codes, conv dynamics with a recurrent state of RAM bytes
+# and the falling piece (configs/tetris_tiles_piece.yaml), trained one step at a time, then fine-tuned on 4-step
+# self-fed rollouts (configs/tetris_tiles_unroll.yaml) and exported to checkpoints/tiles. The first try, with the
+# hidden bytes only, is configs/tetris_tiles.yaml (make train-tiles-hidden).
+train-tiles: venv
+	$(PY) train.py --config configs/tetris_tiles_piece.yaml --dataset data/tetris_train
+	mkdir -p runs/tetris_tiles_unroll && cp runs/tetris_tiles_piece/autoencoder.pt runs/tetris_tiles_unroll/
+	$(PY) train.py --config configs/tetris_tiles_unroll.yaml --dataset data/tetris_train --stage dynamics --export checkpoints/tiles
+
+train-tiles-hidden: venv
+	$(PY) train.py --config configs/tetris_tiles.yaml --dataset data/tetris_train
 
 evaluate: venv
 	$(PY) evaluate.py --dataset data/tetris_test --checkpoint checkpoints/tetris --out results/eval_tetris --autoencoder-figures

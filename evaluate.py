@@ -27,8 +27,8 @@ import time
 import numpy as np
 import torch
 
-from train import (CheckpointError, DatasetError, WorldModel, context_indices, load_frames, load_lpips,
-                   pair_indices, past_actions, rollout, save_figure)
+from train import (CheckpointError, DatasetError, WorldModel, context_indices, load_frames, load_lpips, load_world,
+                   pair_indices, past_actions, rollout_from, save_figure)
 
 BASELINES = ("copy-last-latent", "copy-last-frame", "autoencoder oracle")
 
@@ -97,16 +97,15 @@ def to_numpy(frames: torch.Tensor) -> np.ndarray:
 
 
 def rollout_batches(world: WorldModel, cache, starts: np.ndarray, steps: int, batch: int = 100):
-    """Yields (rows, context frames (B, K, 1, H, W), the actions that led into them (B, K, 8), the recorded
-    actions a_t .. a_{t+steps-1} (B, steps, 8)) for the starts, batch by batch."""
+    """Yields (rows, the world's state at them (from context rows t-K+1..t and the actions that led into them),
+    the recorded actions a_t .. a_{t+steps-1} (B, steps, 8)) for the starts, batch by batch."""
     ep_start = cache.episode_start
     for s in range(0, len(starts), batch):
         rows = starts[s:s + batch]
         ctx = context_indices(rows, world.history, ep_start)
-        frames = torch.from_numpy(cache.frames[ctx]).float().div(255).unsqueeze(2)
         a_past = torch.from_numpy(past_actions(cache.actions, ctx, ep_start)).float()
         future = torch.from_numpy(cache.actions[rows[:, None] + np.arange(steps)]).float()
-        yield rows, frames, a_past, future
+        yield rows, world.context_rows(cache, ctx, a_past), future
 
 
 @torch.no_grad()
@@ -114,15 +113,15 @@ def evaluate_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[
     """-> {method: (len(horizons), N, H, W) predicted frames}, real (len(horizons), N, H, W), start (N, H, W)."""
     hi = np.array(horizons) - 1
     preds = {"model": [], "copy-last-latent": [], "autoencoder oracle": []}
-    for rows, frames, a_past, future in rollout_batches(world, cache, starts, max(horizons), batch):
-        z = rollout(world, frames, a_past, future)[:, hi]  # (B, len(h), D)
+    size = cache.frames.shape[-2:]
+    for rows, state, future in rollout_batches(world, cache, starts, max(horizons), batch):
+        z = rollout_from(world, state, future)[:, hi]  # (B, len(h), ...)
         b, nh = z.shape[:2]
-        preds["model"].append(to_numpy(world.decode(z.flatten(0, 1))).reshape(b, nh, *frames.shape[-2:]))
-        z0 = world.encode(frames[:, -1])
+        preds["model"].append(to_numpy(world.decode(z.flatten(0, 1))).reshape(b, nh, *size))
+        z0 = world.encode_rows(cache, rows)
         preds["copy-last-latent"].append(np.repeat(to_numpy(world.decode(z0))[:, None], nh, axis=1))
-        real = torch.from_numpy(cache.frames[rows[:, None] + np.array(horizons)]).float().div(255)
-        oracle = world.decode(world.encode(real.flatten(0, 1)[:, None]))
-        preds["autoencoder oracle"].append(to_numpy(oracle).reshape(b, nh, *frames.shape[-2:]))
+        oracle = world.decode(world.encode_rows(cache, (rows[:, None] + np.array(horizons)).ravel()))
+        preds["autoencoder oracle"].append(to_numpy(oracle).reshape(b, nh, *size))
     return {k: np.concatenate(v).transpose(1, 0, 2, 3) for k, v in preds.items()}
 
 
@@ -135,10 +134,10 @@ def sample_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[in
     for i in range(k):
         torch.manual_seed(seed * 1000 + i)
         frames_i = []
-        for rows, frames, a_past, future in rollout_batches(world, cache, starts, max(horizons), batch):
-            z = rollout(world, frames, a_past, future, temperature)[:, hi]
+        for rows, state, future in rollout_batches(world, cache, starts, max(horizons), batch):
+            z = rollout_from(world, state, future, temperature)[:, hi]
             b, nh = z.shape[:2]
-            frames_i.append(to_numpy(world.decode(z.flatten(0, 1))).reshape(b, nh, *frames.shape[-2:]))
+            frames_i.append(to_numpy(world.decode(z.flatten(0, 1))).reshape(b, nh, *cache.frames.shape[-2:]))
         out.append(np.concatenate(frames_i).transpose(1, 0, 2, 3))
     return np.stack(out)
 
@@ -269,13 +268,13 @@ def no_action_report(world: WorldModel, cache, starts: np.ndarray) -> dict:
     real game's change over steps where no button was held and where one was."""
     ep_start = cache.episode_start
     ctx = context_indices(starts, world.history, ep_start)
-    frames = torch.from_numpy(cache.frames[ctx]).float().div(255).unsqueeze(2)
     a_past = torch.from_numpy(past_actions(cache.actions, ctx, ep_start)).float()
-    base = world.decode(world.encode(frames[:, -1]))
+    base = world.decode(world.encode_rows(cache, starts))
     out = {}
     for name, act in (("no buttons", torch.zeros(len(starts), 8)),
                       ("recorded buttons", torch.from_numpy(cache.actions[starts]).float())):
-        z = rollout(world, frames, a_past, act[:, None])[:, 0]
+        torch.manual_seed(0)
+        z = rollout_from(world, world.context_rows(cache, ctx, a_past), act[:, None])[:, 0]
         out[f"model, {name}: mean |pixel change|"] = float((world.decode(z) - base).abs().mean())
     pairs = pair_indices(cache.episodes)
     idle = pairs[cache.actions[pairs].sum(1) == 0]
@@ -437,8 +436,7 @@ def autoencoder_figures(world: WorldModel, cache, dataset: str, prefix: str, see
     import matplotlib.pyplot as plt
 
     def recon(rows):
-        frames = torch.from_numpy(cache.frames[rows]).float().div(255)[:, None]
-        return cache.frames[rows], to_numpy(world.decode(world.encode(frames)))
+        return cache.frames[rows], to_numpy(world.decode(world.encode_rows(cache, rows)))
 
     def grid(rows, titles, path, cols=4):
         orig, rec = recon(np.array(rows))
@@ -499,9 +497,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     t0 = time.time()
     try:
-        worlds = {os.path.normpath(c): WorldModel.load(c) for c in args.checkpoint}
+        worlds = {os.path.normpath(c): load_world(c) for c in args.checkpoint}
         first = next(iter(worlds.values()))
         cache = load_frames(args.dataset, first.image_size, args.cache_dir)
+        for world in worlds.values():
+            if hasattr(world, "attach"):  # tile worlds play on the dataset's native tiles and RAM
+                world.attach(args.dataset, args.cache_dir, cache.episodes)
         starts = pick_starts(cache.episodes, max(args.horizons), args.starts, args.seed)
     except (CheckpointError, DatasetError) as e:
         raise SystemExit(f"error: {e}")

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from collect import ACTION_NAMES, RandomPolicy, keys_to_action
-from train import CheckpointError, FlowDynamicsModel, WorldModel, load_frames, save_figure
+from train import (CheckpointError, FlowDynamicsModel, TileWorld, WorldModel, load_frames, load_world, save_figure,
+                   to_gray80)
 
 HELP = "arrows  X=A  Z=B  Enter=START  RShift=SELECT  R=reset  -/= temperature  Esc=quit"
 WIDTH, HEIGHT, BAR = 512, 480, 44  # the NES's 256x240 aspect, doubled, plus a status bar
@@ -38,7 +39,8 @@ class NeuralTetris:
         self.temperature = world.default_temperature if temperature is None else temperature
         if compile_model:
             world.dynamics = torch.compile(world.dynamics)
-            world.autoencoder.decoder = torch.compile(world.autoencoder.decoder)
+            if hasattr(world.autoencoder, "decoder"):  # a tile world decodes by lookup
+                world.autoencoder.decoder = torch.compile(world.autoencoder.decoder)
         self.state = None
 
     def reset(self) -> np.ndarray:
@@ -52,8 +54,7 @@ class NeuralTetris:
         return self._show(z)
 
     def _show(self, z) -> np.ndarray:
-        frame = self.world.decode(z)[0, 0]
-        return (frame.clamp(0, 1) * 255).round().byte().cpu().numpy()  # (H, W) uint8
+        return self.world.show(z)  # (H, W) grayscale or, for a tile world, (240, 256, 3) RGB; uint8
 
 
 # ----------------------------------------------------------------------------- action sources
@@ -104,8 +105,8 @@ class Game:
 
     def draw(self, frame: np.ndarray, status: str):
         pg = self.pg
-        gray = np.repeat(frame.T[:, :, None], 3, axis=2)  # surfarray is (W, H, 3)
-        surf = pg.transform.scale(pg.surfarray.make_surface(gray), (WIDTH, HEIGHT))
+        rgb = frame.swapaxes(0, 1) if frame.ndim == 3 else np.repeat(frame.T[:, :, None], 3, axis=2)  # (W, H, 3)
+        surf = pg.transform.scale(pg.surfarray.make_surface(rgb), (WIDTH, HEIGHT))
         self.screen.blit(surf, (0, 0))
         self.screen.fill((20, 20, 20), (0, HEIGHT, WIDTH, BAR))
         self.screen.blit(self.font.render(status, True, (230, 230, 120)), (6, HEIGHT + 4))
@@ -348,7 +349,7 @@ def main(argv=None):
     if args.fps is None:
         args.fps = 0 if args.headless else 30
     try:
-        world = WorldModel.load(args.checkpoint, device=args.device)
+        world = load_world(args.checkpoint, device=args.device)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
     if args.flow_steps is not None:
@@ -372,8 +373,11 @@ def main(argv=None):
         return result
     stats = FrameStats(args.frames or 10**9) if args.stats else None
     recorded = [] if args.record else None
+    on_frame = stats
+    if stats and isinstance(world, TileWorld):  # scored as the 80x80 grayscale pipeline sees a frame
+        on_frame = lambda t, frame: stats(t, to_gray80(frame[None])[0])  # noqa: E731
     result = Game(env, args.headless, args.fps).run(args.frames, action_source(args.actions, args.seed),
-                                                    recorded, stats)
+                                                    recorded, on_frame)
     temp = f", temperature {env.temperature:g}" if world.stochastic else ""
     print(f"played {result['frames']} frames in {result['seconds']:.1f} s ({result['fps']:.1f} FPS, "
           f"{'headless' if args.headless else 'window'}{temp})")

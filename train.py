@@ -110,6 +110,9 @@ class Config:
     code_from: str = "winner"          # discrete dynamics: which code learns from a training step: winner (the one
                                        # closest to the truth) | change (needs codes 2: code 1 where the screen changes,
                                        # code 0 where it does not)
+    tile_codes: int = 1024             # tiles arch: codes of the tile codebook (NES Tetris shows about 820 distinct tiles)
+    tile_state: str = "hidden"         # tile dynamics: the RAM bytes of their recurrent state (see TILE_STATES): hidden
+                                       # (13 the screen does not show) | piece (those and the falling piece's x, y, rotation)
 
     def __post_init__(self):
         if self.stage not in ("ae", "dynamics", "all"):
@@ -118,6 +121,11 @@ class Config:
             raise ValueError(f"ae_arch must be one of {sorted(AUTOENCODERS)}, not {self.ae_arch!r}")
         if self.dynamics not in DYNAMICS:
             raise ValueError(f"dynamics must be one of {sorted(DYNAMICS)}, not {self.dynamics!r}")
+        if self.tile_state not in TILE_STATES:
+            raise ValueError(f"tile_state must be one of {sorted(TILE_STATES)}, not {self.tile_state!r}")
+        if (self.ae_arch == "tiles") != (self.dynamics == "tiles"):
+            raise ValueError(f"ae_arch tiles and dynamics tiles go together (not {self.ae_arch} with {self.dynamics}): "
+                             f"tile dynamics predict the tile autoencoder's codes")
         if self.history < 1 or self.unroll < 1:
             raise ValueError("history and unroll must be >= 1")
         if self.long_history and (self.long_history <= self.history or self.summary_dim < 1):
@@ -333,6 +341,124 @@ def load_frames(name: str, image_size: int = 80, cache_dir: str = ".cache", work
     return cache
 
 
+# ----------------------------------------------------------------------------- native tiles (the NES's 8x8 grid)
+TILE = 8  # the NES draws its screen from 8x8 tiles; Tetris's pieces, digits and borders sit on that grid
+TILE_ROWS, TILE_COLS = 240 // TILE, 256 // TILE  # 30 x 32 tiles per frame
+
+
+@dataclass
+class TileCache:
+    """A dataset at native resolution, decoded once: each frame as 30x32 indices into a table of the distinct
+    8x8 RGB tiles it contains, plus the RAM. Rows are sorted by (episode, step), as in FrameCache."""
+    tile_ids: np.ndarray    # (N, 30, 32) int32 index into table
+    table: np.ndarray       # (U, 8, 8, 3) uint8 distinct tiles
+    counts: np.ndarray      # (U,) how often each tile occurs
+    ram: np.ndarray         # (N, 2048) uint8
+    actions: np.ndarray     # (N, 8) uint8
+    episodes: np.ndarray    # (N,) int64
+    fingerprint: str
+
+    episode_start = FrameCache.episode_start
+
+    def frames(self, rows) -> np.ndarray:
+        """Native RGB frames (len(rows), 240, 256, 3) uint8, rebuilt exactly from the tiles."""
+        return tiles_to_frames(self.table[self.tile_ids[rows]])
+
+
+def frames_to_tiles(frames: np.ndarray) -> np.ndarray:
+    """(N, 240, 256, 3) -> (N, 30, 32, 8, 8, 3)."""
+    n = len(frames)
+    return frames.reshape(n, TILE_ROWS, TILE, TILE_COLS, TILE, 3).transpose(0, 1, 3, 2, 4, 5)
+
+
+def tiles_to_frames(tiles: np.ndarray) -> np.ndarray:
+    """(N, 30, 32, 8, 8, 3) -> (N, 240, 256, 3); works on numpy arrays and torch tensors."""
+    n = tiles.shape[0]
+    return tiles.transpose(0, 1, 3, 2, 4, 5).reshape(n, TILE_ROWS * TILE, TILE_COLS * TILE, 3) \
+        if isinstance(tiles, np.ndarray) else tiles.permute(0, 1, 3, 2, 4, 5).reshape(n, 240, 256, 3)
+
+
+def _tile_chunk(args):
+    """Decode rows [start, end) to native RGB; -> their distinct tiles and each frame's indices into them."""
+    start, end = args
+    from PIL import Image
+    rows = _DECODE_DATASET[start:end]
+    frames = np.empty((end - start, 240, 256, 3), dtype=np.uint8)
+    for i, obs in enumerate(rows["observations"]):
+        try:
+            img = Image.open(io.BytesIO(obs["bytes"])) if obs.get("bytes") else Image.open(obs["path"])
+            frames[i] = np.asarray(img.convert("RGB"))
+        except Exception as e:  # noqa: BLE001 - a wrong size lands here too
+            return ("error", f"row {start + i} (episode {rows['episode_id'][i]}): observations image cannot be used "
+                             f"as a native 256x240 NES frame ({type(e).__name__}: {e})")
+    flat = np.ascontiguousarray(frames_to_tiles(frames)).reshape(-1, TILE * TILE * 3)
+    uniq, inv = np.unique(flat.view(np.dtype((np.void, flat.shape[1]))), return_inverse=True)
+    return ("ok", start, uniq.view(np.uint8).reshape(-1, TILE * TILE * 3), inv.reshape(end - start, -1))
+
+
+def load_tiles(name: str, cache_dir: str = ".cache", workers: int = 0) -> TileCache:
+    """Validate a dataset and decode it once into native tiles plus RAM (reused on later calls)."""
+    global _DECODE_DATASET
+    from datasets import Image as ImageFeature
+    from tqdm import tqdm
+
+    ds = open_dataset(name)
+    key = f"{dataset_fingerprint(ds, name)}-tiles8-v1"
+    path = os.path.join(cache_dir, f"tiles-{key}.npz")
+    if os.path.exists(path):
+        with np.load(path) as z:
+            return TileCache(z["tile_ids"], z["table"], z["counts"], z["ram"], z["actions"], z["episodes"], key)
+    if len(ds) == 0:
+        raise DatasetError(f"{name}: the dataset has no rows")
+    if "ram" not in ds.column_names:
+        raise DatasetError(f"{name}: missing column 'ram' (tile dynamics learn the game's hidden timers from the "
+                           f"RAM that collect.py records; columns are {ds.column_names})")
+    episodes = np.asarray(ds["episode_id"], dtype=np.int64)
+    actions = _check_actions(ds["actions"], episodes, name)
+    steps = np.asarray(ds["step"], dtype=np.int64) if "step" in ds.column_names else np.arange(len(ds))
+    require_pairs(np.sort(episodes), name)
+    ram = ds["ram"]
+    bad = next((i for i, r in enumerate(ram) if not isinstance(r, bytes) or len(r) != 2048), None)
+    if bad is not None:
+        raise DatasetError(f"{name}: row {bad} (episode {episodes[bad]}): ram must be the 2048 bytes of NES RAM")
+    ram = np.frombuffer(b"".join(ram), dtype=np.uint8).reshape(len(ds), 2048)
+    raw = ds.select_columns(["observations", "episode_id"]).cast_column("observations", ImageFeature(decode=False))
+    _DECODE_DATASET = raw
+    jobs = [(s, min(s + 256, len(raw))) for s in range(0, len(raw), 256)]
+    tile_ids = np.empty((len(raw), TILE_ROWS * TILE_COLS), dtype=np.int32)
+    index, table = {}, []  # tile bytes -> id
+    bar = tqdm(total=len(raw), mininterval=5, desc=f"decoding {name} into tiles", unit="frame")
+    try:
+        import multiprocessing as mp
+        pool = mp.get_context("fork").Pool(workers or min(2, os.cpu_count() or 1))
+        with pool:
+            for res in pool.imap(_tile_chunk, jobs):
+                if res[0] == "error":
+                    raise DatasetError(f"{name}: {res[1]}")
+                _, start, uniq, inv = res
+                ids = np.empty(len(uniq), dtype=np.int32)
+                for j, t in enumerate(uniq):
+                    ids[j] = index.setdefault(t.tobytes(), len(index))
+                    if ids[j] == len(table):
+                        table.append(t)
+                tile_ids[start:start + len(inv)] = ids[inv]
+                bar.update(len(inv))
+    finally:
+        bar.close()
+        _DECODE_DATASET = None
+    order = np.lexsort((steps, episodes))
+    tile_ids = tile_ids[order].reshape(-1, TILE_ROWS, TILE_COLS)
+    table = np.stack(table).reshape(-1, TILE, TILE, 3)
+    counts = np.bincount(tile_ids.ravel(), minlength=len(table))
+    cache = TileCache(tile_ids, table, counts, ram[order], actions[order], episodes[order], key)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, tile_ids=cache.tile_ids, table=cache.table, counts=cache.counts, ram=cache.ram,
+             actions=cache.actions, episodes=cache.episodes)
+    os.replace(tmp, path)
+    return cache
+
+
 def pair_indices(episodes: np.ndarray, horizon: int = 1) -> np.ndarray:
     """Rows t whose next `horizon` rows belong to the same episode: (t, t+1..t+horizon) never crosses one."""
     n = len(episodes)
@@ -512,12 +638,14 @@ class SpatialAutoencoder(nn.Module):
         return self.decode(self.encode(frames))
 
 
-AUTOENCODERS = {"seed": ConvAutoencoder, "spatial": SpatialAutoencoder}
+AUTOENCODERS = {"seed": ConvAutoencoder, "spatial": SpatialAutoencoder}  # + "tiles" (TileAutoencoder, below)
 
 
 def build_autoencoder(cfg: Config) -> nn.Module:
     if cfg.ae_arch == "seed":
         return ConvAutoencoder(cfg.latent_dim, cfg.image_size, cfg.ae_depth)
+    if cfg.ae_arch == "tiles":
+        return TileAutoencoder.from_config(cfg)
     return SpatialAutoencoder(cfg.latent_channels, cfg.ae_width, cfg.image_size, cfg.ae_depth)
 
 
@@ -999,6 +1127,279 @@ def build_dynamics(cfg: Config, latent_dim: int) -> nn.Module:
     return DYNAMICS[cfg.dynamics].from_config(cfg, latent_dim)
 
 
+# ----------------------------------------------------------------------------- tile world: native-resolution tokens
+# The NES draws its screen from 8x8 tiles, and Tetris keeps its pieces, digits and borders on that grid. A VQ
+# autoencoder on that grid turns a frame into 30x32 discrete codes with (nearly) no loss, and dynamics that pick one
+# code per tile cannot fade a piece: a tile holds a block or it does not. What the screen does not show (the gravity
+# timer, auto-repeat, the next piece's draw; NOTES.md) is carried as a small recurrent state of RAM bytes that the
+# dynamics predict one step ahead and are taught from the recorded RAM.
+_HIDDEN = (("fall timer", 0x45), ("auto-repeat x", 0x46), ("play state", 0x48), ("board row being drawn", 0x49),
+           ("auto-repeat y", 0x4E), ("soft-drop points", 0x4F), ("0x52", 0x52), ("0x56", 0x56),
+           ("clear animation", 0x57), ("level", 0x44), ("frame counter", 0xB1), ("next piece", 0xBF),
+           ("game mode", 0xC0))
+TILE_STATES = {  # Config.tile_state -> (name, RAM address) of each byte of the dynamics' recurrent state
+    "hidden": _HIDDEN,  # only what the screen does not show
+    # ... and the falling piece's column, row and rotation: the screen shows them, but a piece carried in the
+    # state cannot lose a block or leave one behind, and the tile head only draws it
+    "piece": _HIDDEN + (("piece x", 0x40), ("piece y", 0x41), ("piece orientation", 0x42)),
+}
+
+
+class TileAutoencoder(nn.Module):
+    """Vector quantisation on the NES's 8x8 tile grid: each 8x8 RGB tile -> the nearest of `codes` codebook tiles
+    (its code) -> that codebook tile. A frame is 30x32 codes. The codebook is fitted by k-means on the dataset's
+    distinct tiles (fit_tiles); NES Tetris draws about 820 of them, so with 1024 codes every tile seen in training
+    gets a code of its own and decodes exactly, and a tile never seen maps to the nearest one. A learnt encoder and
+    decoder (an MLP each way, tried first) drew 12% of held-out tile occurrences with some pixel off by more than 32
+    of 255, after 40 epochs: the tiles are few and discrete, and a lookup is what fits them."""
+
+    def __init__(self, codes: int = 1024):
+        super().__init__()
+        self.register_buffer("codebook", torch.zeros(codes, TILE, TILE, 3, dtype=torch.uint8))
+        self.register_buffer("in_use", torch.zeros(codes, dtype=torch.bool))
+        self.latent_shape = (TILE_ROWS, TILE_COLS)
+        self.image_size = 80  # evaluate.py and play statistics score frames as the 80x80 grayscale pipeline does
+
+    @classmethod
+    def from_config(cls, cfg: "Config") -> "TileAutoencoder":
+        return cls(cfg.tile_codes)
+
+    def encode_tiles(self, tiles) -> torch.Tensor:
+        """uint8 tiles (M, 8, 8, 3) -> codes (M,) int64: the nearest codebook tile in L2 (unused codes never win)."""
+        x = torch.as_tensor(np.asarray(tiles)).reshape(len(tiles), -1).float()
+        book = self.codebook.reshape(len(self.codebook), -1).float()
+        book = torch.where(self.in_use[:, None], book, torch.full_like(book, 1e6))
+        return torch.cat([torch.cdist(c, book).argmin(-1) for c in x.split(4096)]) if len(x) else x.long()
+
+    def decode_codes(self, codes) -> torch.Tensor:
+        """codes (...) -> tiles (..., 8, 8, 3) in [0, 1]."""
+        return self.codebook[codes].float().div(255)
+
+    def palette(self) -> torch.Tensor:
+        """Every code's tile as uint8 (codes, 8, 8, 3): decoding a frame is a lookup in it."""
+        return self.codebook.clone()
+
+
+class ResBlock2d(nn.Module):
+    """x + conv(GELU(GroupNorm(x))), a dilated 3x3 convolution."""
+
+    def __init__(self, channels: int, dilation: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(8, channels)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
+
+    def forward(self, x):
+        return x + self.conv(F.gelu(self.norm(x)))
+
+
+class TileDynamics(nn.Module):
+    """Next tile codes and next hidden state from the last `history` code maps, the hidden state and the buttons.
+
+    Two heads, in order: the state head predicts each RAM byte of TETRIS_STATE one step ahead (256-way; play takes
+    the likeliest value, except for the next piece, which it samples at the temperature: the game's one random
+    draw); the tile head then predicts every tile's code given that next state (teacher-forced in training), and
+    play takes the likeliest code. Given the next state the
+    next frame is nearly determined, so the likeliest code draws the piece whole: no fading by averaging futures.
+    Every tile's logit for its current code gets a learnt bonus, so copying the screen is the easy default."""
+
+    stochastic = True
+
+    def __init__(self, codes: int, history: int = 2, width: int = 48, blocks: int = 8, state="hidden"):
+        super().__init__()
+        spec = TILE_STATES[state] if isinstance(state, str) else state  # a name, or ((name, address), ...)
+        self.state_names = [name for name, _ in spec]
+        self.addresses = np.array([a for _, a in spec])
+        self.codes, self.history, self.state_size = codes, history, len(self.addresses)
+        state_size = self.state_size
+        self.embed = nn.Embedding(codes, width)
+        self.inp = nn.Conv2d(width * history, width, 1)
+        self.pos = nn.Parameter(torch.zeros(1, width, TILE_ROWS, TILE_COLS))
+        self.state_embed = nn.Embedding(state_size * 256, width)
+        self.next_state_embed = nn.Embedding(state_size * 256, width)
+        self.buttons = nn.Linear(8 * history, width)
+        self.blocks = nn.Sequential(*[ResBlock2d(width, 2 ** (i % 4)) for i in range(blocks)])
+        self.state_head = nn.Sequential(nn.Linear(3 * width, 4 * width), nn.GELU(), nn.Linear(4 * width, 4 * width),
+                                        nn.GELU(), nn.Linear(4 * width, state_size * 256))
+        self.out_blocks = nn.Sequential(ResBlock2d(width, 1), ResBlock2d(width, 2))
+        self.out_norm = nn.GroupNorm(8, width)
+        self.out = nn.Linear(width, codes)  # per tile; training scores only a sample of the unchanged tiles
+        self.copy_bonus = nn.Parameter(torch.tensor(4.0))
+        self.register_buffer("offsets", torch.arange(state_size) * 256, persistent=False)
+        # the state bytes play samples (the rest it takes at their likeliest): the next piece, where it is one
+        self.random_state = [i for i, name in enumerate(self.state_names) if name == "next piece"]
+
+    @classmethod
+    def from_config(cls, cfg: "Config", latent_dim: int = 0) -> "TileDynamics":
+        return cls(cfg.tile_codes, cfg.history, cfg.hidden, cfg.conv_blocks, cfg.tile_state)
+
+    def _state_vector(self, table, state):
+        return table(state.long() + self.offsets).sum(1)  # (B, width)
+
+    def trunk(self, tokens, state, a_hist):
+        """tokens (B, K, 30, 32) codes, state (B, S) bytes, a_hist (B, K, 8) -> features (B, width, 30, 32)
+        and the state head's logits (B, S, 256)."""
+        b = len(tokens)
+        x = self.embed(tokens).permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, K * width, 30, 32)
+        g = self._state_vector(self.state_embed, state) + self.buttons(a_hist.flatten(1).float())
+        h = self.blocks(self.inp(x) + self.pos + g[:, :, None, None])
+        pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3)), g], dim=1)
+        return h, self.state_head(pooled).view(b, self.state_size, 256)
+
+    def tile_features(self, h, next_state):
+        """Trunk features and the next state (B, S) -> per-tile features (B, 30 * 32, width)."""
+        h = self.out_blocks(h + self._state_vector(self.next_state_embed, next_state)[:, :, None, None])
+        return F.gelu(self.out_norm(h)).flatten(2).transpose(1, 2)
+
+    def tile_logits(self, h, tokens, next_state):
+        """-> (B, codes, 30, 32) logits of the next codes, given the next state (B, S)."""
+        logits = self.out(self.tile_features(h, next_state)).transpose(1, 2).reshape(len(h), -1, TILE_ROWS, TILE_COLS)
+        return logits.scatter_add(1, tokens[:, -1:], self.copy_bonus.expand(len(h), 1, TILE_ROWS, TILE_COLS))
+
+    def loss(self, tokens, state, a_hist, next_tokens, next_state, change_weight: float = 0.0, unchanged: int = 32,
+             feed: bool = False):
+        """-> (loss, logs): cross-entropy of the next codes plus that of the next state's bytes. Every changed tile
+        is scored with weight 1 + change_weight; of the unchanged ones, `unchanged` per sample drawn at random,
+        each weighted up to stand for all of them (the softmax over the codes is most of the cost).
+        feed=True also returns what play would feed forward: the likeliest codes (given the true next state)
+        and the likeliest state, without gradient -> (loss, logs, codes (B, 30, 32), state (B, S))."""
+        b = len(tokens)
+        h, state_logits = self.trunk(tokens, state, a_hist)
+        feats = self.tile_features(h, next_state)  # (B, 960, width)
+        last, target = tokens[:, -1].flatten(1), next_tokens.flatten(1)  # (B, 960)
+        changed = last != target
+        n_tiles = last.shape[1]
+        pick = changed | (torch.rand(b, n_tiles, device=last.device).argsort(1).argsort(1) < unchanged)
+        bi, ti = pick.nonzero(as_tuple=True)
+        logits = self.out(feats[bi, ti])
+        logits = logits.scatter_add(1, last[bi, ti, None], self.copy_bonus.expand(len(bi), 1))
+        ce = F.cross_entropy(logits, target[bi, ti], reduction="none")
+        n_unchanged = (~changed).sum(1, keepdim=True).float()
+        w = torch.where(changed, 1 + change_weight,
+                        n_unchanged / (pick & ~changed).sum(1, keepdim=True).clamp(min=1))[bi, ti]
+        tile_loss = (ce * w).sum() / w.sum()
+        state_loss = F.cross_entropy(state_logits.flatten(0, 1), next_state.flatten().long())
+        with torch.no_grad():
+            right = logits.argmax(1) == target[bi, ti]
+            ch = changed[bi, ti]
+            logs = {"tile_ce": float(tile_loss), "state_ce": float(state_loss),
+                    "changed_tile_acc": float(right[ch].float().mean()) if ch.any() else 1.0,
+                    "unchanged_tile_acc": float(right[~ch].float().mean()),
+                    "state_acc": float((state_logits.argmax(-1) == next_state.long()).float().mean())}
+            if feed:
+                full = self.out(feats).scatter_add(2, last[:, :, None], self.copy_bonus.expand(b, n_tiles, 1))
+                return (tile_loss + state_loss, logs, full.argmax(-1).view_as(next_tokens),
+                        state_logits.argmax(-1).to(state.dtype))
+        return tile_loss + state_loss, logs
+
+    @torch.no_grad()
+    def step(self, tokens, state, a_hist, temperature: float = 1.0):
+        """-> next codes (B, 30, 32) and next state (B, S): the state sampled at the temperature (0: likeliest),
+        then the likeliest code of every tile given it."""
+        h, state_logits = self.trunk(tokens, state, a_hist)
+        next_state = state_logits.argmax(-1)
+        if temperature > 0:  # only the piece draw is random in the game; sampling the timers too breaks play
+            probs = torch.softmax(state_logits[:, self.random_state] / temperature, -1)
+            next_state[:, self.random_state] = torch.multinomial(probs.flatten(0, 1), 1).view(len(state), -1)
+        return self.tile_logits(h, tokens, next_state).argmax(1), next_state.to(state.dtype)
+
+
+AUTOENCODERS["tiles"] = TileAutoencoder
+DYNAMICS["tiles"] = TileDynamics
+
+def ram_state(ram: np.ndarray, addresses: np.ndarray) -> np.ndarray:
+    """(..., 2048) RAM -> (..., S) the state's bytes."""
+    return ram[..., addresses]
+
+
+def to_gray80(frames: np.ndarray) -> np.ndarray:
+    """Native RGB (N, 240, 256, 3) uint8 -> (N, 80, 80) uint8, exactly as load_frames preprocesses a dataset."""
+    from PIL import Image
+    return np.stack([np.asarray(Image.fromarray(f).convert("L").resize((80, 80), Image.BILINEAR)) for f in frames])
+
+
+def acted(actions: np.ndarray, ctx: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(B, K, 8): the action taken at each context frame; zero where the context repeats an episode's first frame."""
+    out = actions[ctx].copy()
+    out[ctx != rows[:, None] + np.arange(-ctx.shape[1] + 1, 1)] = 0
+    return out
+
+
+class TileWorld:
+    """Tile autoencoder + tile dynamics behind WorldModel's interface for main.py and evaluate.py. A state is
+    (codes (B, K, 30, 32), hidden state (B, S), the actions that led into the K frames (B, K, 8)); `z` values are
+    code maps (B, 30, 32). decode() gives 80x80 grayscale frames for scoring; rgb() the native frames to show."""
+
+    stochastic = True
+
+    def __init__(self, autoencoder: TileAutoencoder, dynamics: TileDynamics, starts: dict | None = None,
+                 device: str = "cpu"):
+        self.autoencoder, self.dynamics, self.device = autoencoder.to(device), dynamics.to(device), device
+        self.history, self.latent_shape, self.image_size = dynamics.history, autoencoder.latent_shape, 80
+        self.starts = starts or {}
+        self.autoencoder_hash, self.default_temperature = None, 1.0
+        with torch.no_grad():
+            self._palette = autoencoder.palette()
+        self.tokens = self.ram = None  # set by attach()
+
+    @classmethod
+    def load(cls, directory: str, device: str = "cpu") -> "TileWorld":
+        ae_path, dyn_path = os.path.join(directory, "autoencoder.pt"), os.path.join(directory, "dynamics.pt")
+        autoencoder, ae_ckpt = load_model(ae_path, "autoencoder")
+        dyn_ckpt = read_checkpoint(dyn_path, "dynamics")
+        if dyn_ckpt.get("autoencoder_hash") != ae_ckpt.get("hash"):
+            raise CheckpointError(f"{dyn_path}: was trained on another autoencoder than {ae_path} "
+                                  f"(hash {dyn_ckpt.get('autoencoder_hash')} != {ae_ckpt.get('hash')})")
+        if config_from(dyn_ckpt).dynamics != "tiles":
+            raise CheckpointError(f"{dyn_path}: holds {config_from(dyn_ckpt).dynamics} dynamics, but {ae_path} is a "
+                                  f"tile autoencoder, which only tile dynamics play")
+        dynamics, _ = load_model(dyn_path, "dynamics")
+        world = cls(autoencoder, dynamics, dyn_ckpt.get("starts"), device)
+        world.autoencoder_hash = ae_ckpt.get("hash")
+        world.default_temperature = float(config_from(dyn_ckpt).temperature)
+        return world
+
+    @torch.no_grad()
+    def rgb(self, z) -> np.ndarray:
+        """Code maps (B, 30, 32) -> native frames (B, 240, 256, 3) uint8."""
+        return tiles_to_frames(self._palette[z.cpu()]).numpy()
+
+    def decode(self, z):
+        return torch.from_numpy(to_gray80(self.rgb(z))).float().div(255)[:, None]
+
+    def show(self, z) -> np.ndarray:
+        return self.rgb(z)[0]
+
+    def start(self, name: str = "play"):
+        if name not in self.starts:
+            raise KeyError(f"no start context {name!r}; this checkpoint has {sorted(self.starts)}")
+        s = self.starts[name]
+        return (s["tokens"].long()[None].to(self.device), s["state"].long()[None].to(self.device),
+                s["actions"].float()[None].to(self.device))
+
+    def attach(self, dataset: str, cache_dir: str = ".cache", episodes: np.ndarray | None = None):
+        """Tokenise a dataset for evaluate.py (its rows in FrameCache order)."""
+        cache = load_tiles(dataset, cache_dir)
+        if episodes is not None and not np.array_equal(cache.episodes, episodes):
+            raise DatasetError(f"{dataset}: its tile cache and frame cache disagree on the rows")
+        with torch.no_grad():
+            self.tokens = self.autoencoder.encode_tiles(cache.table)[torch.from_numpy(cache.tile_ids).long()]
+        self.ram = torch.from_numpy(ram_state(cache.ram, self.dynamics.addresses)).long()
+
+    def encode_rows(self, cache, rows: np.ndarray):
+        return self.tokens[torch.from_numpy(np.asarray(rows)).long()]
+
+    def context_rows(self, cache, ctx: np.ndarray, a_past):
+        return (self.encode_rows(cache, ctx).to(self.device), self.ram[torch.from_numpy(ctx[:, -1])].to(self.device),
+                a_past.to(self.device))
+
+    @torch.no_grad()
+    def step(self, state, action, temperature: float = 1.0):
+        tokens, hidden, a_hist = state
+        a_hist = torch.cat([a_hist[:, 1:], action.to(self.device).float()[:, None]], dim=1)
+        z, hidden = self.dynamics.step(tokens, hidden, a_hist, temperature)
+        return (torch.cat([tokens[:, 1:], z[:, None]], dim=1), hidden, a_hist), z
+
+
 # ----------------------------------------------------------------------------- losses
 def reconstruction_loss(recon, frames, next_frames=None, static=None, change_weight: float = 0.0):
     """L1, with pixels that carry content weighted by 1 + change_weight: pixels that differ from the
@@ -1219,6 +1620,12 @@ def config_from(ckpt: dict) -> Config:
     return Config(**{k: v for k, v in ckpt["config"].items() if k in known})
 
 
+def load_world(directory: str = "checkpoints/tetris", device: str = "cpu"):
+    """The world model in a checkpoint directory: a TileWorld for a tile autoencoder, else a WorldModel."""
+    ae = read_checkpoint(os.path.join(directory, "autoencoder.pt"), "autoencoder")
+    return (TileWorld if config_from(ae).ae_arch == "tiles" else WorldModel).load(directory, device)
+
+
 def load_model(path: str, kind: str, latent_dim: int | None = None):
     """-> (model in eval mode, float32, on the CPU; the checkpoint dict)."""
     ckpt = read_checkpoint(path, kind)
@@ -1283,6 +1690,18 @@ class WorldModel:
         actions = self.starts[name]["actions"].float()
         return self.context(frames.unsqueeze(0), actions.unsqueeze(0))
 
+    def encode_rows(self, cache, rows: np.ndarray):
+        """Latents (len(rows), D) of a FrameCache's rows (evaluate.py; TileWorld reads its own tokens)."""
+        return self.encode(torch.from_numpy(cache.frames[np.asarray(rows)]).float().div(255)[:, None])
+
+    def context_rows(self, cache, ctx: np.ndarray, a_past):
+        """State for step() from a FrameCache's context rows (B, K) and the actions that led into them."""
+        return self.context(torch.from_numpy(cache.frames[ctx]).float().div(255).unsqueeze(2), a_past)
+
+    def show(self, z) -> np.ndarray:
+        """The first latent of z as the (H, W) uint8 frame to display."""
+        return (self.decode(z)[0, 0].clamp(0, 1) * 255).round().byte().cpu().numpy()
+
     def context(self, frames, actions):
         """frames (B, K, 1, H, W) and the actions that led into them (B, K, 8) -> state; K may exceed history."""
         b, k = frames.shape[:2]
@@ -1303,8 +1722,13 @@ class WorldModel:
 def rollout(world: WorldModel, frames, actions, future_actions, temperature: float = 0.0):
     """Dream forward from real context frames (B, K, 1, H, W) and the actions that led into them (B, K, 8),
     driven by future_actions (B, T, 8) -> latents (B, T, D); latents[:, i] is step i+1."""
-    z_hist, a_hist = world.context(frames, actions)
-    state, out = (z_hist, a_hist), []
+    return rollout_from(world, world.context(frames, actions), future_actions, temperature)
+
+
+@torch.no_grad()
+def rollout_from(world, state, future_actions, temperature: float = 0.0):
+    """Dream forward from a world's state (context() or context_rows()) -> its latents (B, T, ...)."""
+    out = []
     for i in range(future_actions.shape[1]):
         state, z = world.step(state, future_actions[:, i], temperature)
         out.append(z)
@@ -1669,6 +2093,172 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
     return model, extra
 
 
+# ----------------------------------------------------------------------------- training the tile world
+def fit_tiles(model: TileAutoencoder, table: np.ndarray, counts: np.ndarray, iters: int = 20) -> dict:
+    """k-means of the distinct tiles (each weighted by how often it occurs) into the codebook, started from the
+    most frequent tiles. Where there are no more distinct tiles than codes, that start is already exact."""
+    order = np.argsort(-counts, kind="stable")
+    k = min(len(model.codebook), len(table))
+    x = torch.from_numpy(table).reshape(len(table), -1).float()
+    w = torch.from_numpy(counts).double()
+    centres = x[torch.from_numpy(order[:k])].clone()
+    for _ in range(iters if len(table) > k else 0):
+        assign = torch.cdist(x, centres).argmin(-1)
+        for c in range(k):
+            m = assign == c
+            if m.any():
+                centres[c] = (x[m].double() * w[m, None]).sum(0).div(w[m].sum()).float()
+    with torch.no_grad():
+        model.codebook.zero_()
+        model.codebook[:k] = centres.round().clamp(0, 255).byte().view(k, TILE, TILE, 3)
+        model.in_use.zero_()
+        model.in_use[:k] = True
+        recon = model.codebook[model.encode_tiles(table)].reshape(len(table), -1).float()
+    exact = (recon == x).all(1).numpy()
+    return {"val_l1": float((recon - x).abs().mean(1).double().mul(w).sum() / w.sum() / 255),
+            "exact_tiles": float(exact.mean()), "exact_tile_occurrences": float((exact * counts).sum() / counts.sum()),
+            "distinct_tiles": int(len(table)), "codes_in_use": int(k)}
+
+
+def train_tile_autoencoder(cfg: Config, cache: TileCache, out: str) -> tuple[TileAutoencoder, dict]:
+    """Fit the tile codebook on the training episodes' distinct tiles; report how exactly it draws the validation
+    episodes' tiles."""
+    train_eps, val_eps = split_episodes(cache.episodes, cfg.val_frac, cfg.seed)
+    used = np.zeros(len(cache.table), dtype=np.int64)
+    np.add.at(used, cache.tile_ids[np.isin(cache.episodes, train_eps)].ravel(), 1)
+    model = TileAutoencoder.from_config(cfg)
+    fit = fit_tiles(model, cache.table[used > 0], used[used > 0])
+    val_counts = np.bincount(cache.tile_ids[np.isin(cache.episodes, val_eps)].ravel(), minlength=len(cache.table))
+    seen = val_counts > 0
+    recon = model.codebook[model.encode_tiles(cache.table[seen])].numpy().astype(np.int16)
+    wrong = np.abs(recon - cache.table[seen]).reshape(seen.sum(), -1)
+    extra = {"hash": state_hash(model.state_dict()), "train_tiles": fit,
+             "val_l1": float((wrong.mean(1) * val_counts[seen]).sum() / val_counts[seen].sum() / 255),
+             "val_exact_occurrences": float(((wrong.max(1) == 0) * val_counts[seen]).sum() / val_counts[seen].sum())}
+    print(f"tile codebook: {fit['distinct_tiles']} distinct training tiles, {fit['codes_in_use']} codes; "
+          f"{fit['exact_tiles']:.4f} drawn exactly; validation episodes: L1 {extra['val_l1']:.6f}, "
+          f"{extra['val_exact_occurrences']:.6f} of tile occurrences exact")
+    save_checkpoint(os.path.join(out, "autoencoder.pt"), "autoencoder", cfg, model, **extra)
+    return model, extra
+
+
+def tile_batch(tokens, cache: TileCache, rows: np.ndarray, history: int, episode_start: np.ndarray,
+               addresses: np.ndarray):
+    """Rows t (whose t+1 is in the same episode) -> (codes (B, K, 30, 32), state (B, S), actions taken at the K
+    frames (B, K, 8), next codes (B, 30, 32), next state (B, S))."""
+    ctx = context_indices(rows, history, episode_start)
+    idx = torch.from_numpy(ctx).long()
+    return (tokens[idx], torch.from_numpy(ram_state(cache.ram[rows], addresses)).long(),
+            torch.from_numpy(acted(cache.actions, ctx, rows)).float(), tokens[torch.from_numpy(rows + 1).long()],
+            torch.from_numpy(ram_state(cache.ram[rows + 1], addresses)).long())
+
+
+def tile_start(tokens, cache: TileCache, history: int, addresses: np.ndarray) -> dict:
+    """The start context to ship: the first frame, in the first episode that has one, where the game is playing,
+    the board is empty and a fresh piece stands one row below the top, at least 10 steps in (the screen is drawn a
+    few rows a frame when play begins, and a new piece shows a frame after it spawns), with the frames and buttons
+    that led into it and its RAM state."""
+    import collect as C
+    ram = cache.ram
+    empty = (ram[:, C.BOARD:C.BOARD + 200] == C.EMPTY).all(1)
+    fresh = (ram[:, C.GAME_MODE] == C.PLAYING) & (ram[:, C.PLAY_STATE] == C.FALLING) & (ram[:, C.PIECE_Y] == 1)
+    ok = np.flatnonzero(empty & fresh & (np.arange(len(ram)) - cache.episode_start >= 10))
+    row = int(ok[0]) if len(ok) else 0
+    ctx = context_indices(np.array([row]), history, cache.episode_start)
+    return {"play": {"tokens": tokens[torch.from_numpy(ctx[0]).long()].short(),
+                     "state": torch.from_numpy(ram_state(cache.ram[row], addresses)).short(),
+                     "actions": torch.from_numpy(past_actions(cache.actions, ctx, cache.episode_start)[0]),
+                     "row": row}}
+
+
+def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoencoder, ae_extra: dict, out: str):
+    from tqdm import tqdm
+    with torch.no_grad():
+        tokens = autoencoder.encode_tiles(cache.table)[torch.from_numpy(cache.tile_ids).long()]  # (N, 30, 32)
+    train_rows, val_rows = split_rows(cache, cfg, horizon=cfg.unroll)
+    ep_start = cache.episode_start
+    model = TileDynamics.from_config(cfg)
+    if cfg.init_dynamics:
+        init, init_ckpt = load_model(cfg.init_dynamics, "dynamics")
+        if init_ckpt.get("autoencoder_hash") != ae_extra["hash"] or not isinstance(init, TileDynamics):
+            raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: not tile dynamics trained on this run's "
+                             f"tile autoencoder")
+        try:
+            model.load_state_dict(init.state_dict())
+        except RuntimeError as e:
+            raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: does not fit: {str(e).splitlines()[0]}")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.dyn_lr, weight_decay=0.01)
+    state_path = os.path.join(out, "dynamics_state.pt")
+    resume = _resume_state(state_path, cfg, DYN_KEYS + ["tile_codes", "tile_state"])
+    log = RunLog(os.path.join(out, "dynamics_log.jsonl"), resume is not None)
+    start = 0
+    if resume:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["opt"])
+        start = resume["epoch"]
+    sched = cosine_schedule(opt, cfg.dyn_epochs, cfg.dyn_lr, start)
+    per_epoch = cfg.dyn_samples_per_epoch or len(train_rows)
+    val = np.random.default_rng(cfg.seed).choice(val_rows, min(len(val_rows), 1000), replace=False)
+    for epoch in range(start, cfg.dyn_epochs):
+        model.train()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        order = rng.choice(train_rows, per_epoch, replace=per_epoch > len(train_rows))
+        sums, n = {}, 0
+        bar = tqdm(range(0, per_epoch, cfg.batch_size), desc=f"tile dynamics epoch {epoch + 1}/{cfg.dyn_epochs}",
+                   mininterval=10, leave=False)
+        for s in bar:
+            rows = order[s:s + cfg.batch_size]
+            codes, state, a_hist, next_codes, next_state = tile_batch(tokens, cache, rows, cfg.history, ep_start,
+                                                                      model.addresses)
+            loss = 0.0
+            for k in range(cfg.unroll):  # later steps see the codes and state the model itself predicted
+                if k:
+                    ctx = context_indices(rows + k, cfg.history, ep_start)
+                    a_hist = torch.from_numpy(acted(cache.actions, ctx, rows + k)).float()
+                    next_codes = tokens[torch.from_numpy(rows + k + 1).long()]
+                    next_state = torch.from_numpy(ram_state(cache.ram[rows + k + 1], model.addresses)).long()
+                out = model.loss(codes, state, a_hist, next_codes, next_state, change_weight=cfg.dyn_change_weight,
+                                 feed=k + 1 < cfg.unroll)
+                loss = loss + out[0] / cfg.unroll
+                logs = out[1]
+                if k + 1 < cfg.unroll:
+                    codes, state = torch.cat([codes[:, 1:], out[2][:, None]], dim=1), out[3]
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            n += 1
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(changed_acc=f"{sums['changed_tile_acc'] / n:.3f}", state_acc=f"{sums['state_acc'] / n:.3f}")
+        sched.step()
+        model.eval()
+        vsums, vn = {}, 0
+        with torch.no_grad():
+            for s in range(0, len(val), 100):
+                vloss, vlogs = model.loss(*tile_batch(tokens, cache, val[s:s + 100], cfg.history, ep_start,
+                                                     model.addresses),
+                                          change_weight=cfg.dyn_change_weight)
+                vn += 1
+                for k, v in (vlogs | {"loss": float(vloss)}).items():
+                    vsums[k] = vsums.get(k, 0.0) + v
+        row = {"epoch": epoch + 1, "train_loss": (sums["tile_ce"] + sums["state_ce"]) / n,
+               "val_loss": vsums["loss"] / vn} | {f"val_{k}": v / vn for k, v in vsums.items() if k != "loss"}
+        log.add(**row)
+        print("tile dynamics epoch {epoch}: ".format(**row) + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
+                                                                        if k != "epoch"))
+        tmp = state_path + f".tmp-{os.getpid()}"
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
+                    "config": dataclasses.asdict(cfg)}, tmp)
+        os.replace(tmp, state_path)
+    model.eval()
+    extra = {"autoencoder_hash": ae_extra["hash"], "starts": tile_start(tokens, cache, cfg.history, model.addresses),
+             "state_addresses": [int(a) for a in model.addresses]}
+    save_checkpoint(os.path.join(out, "dynamics.pt"), "dynamics", cfg, model, **extra)
+    log.plot(os.path.join(out, "dynamics_loss.png"), f"{cfg.name}: tile dynamics (cross-entropy)")
+    return model, extra
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1753,8 +2343,12 @@ def main(argv=None):
         print(json.dumps(benchmark(cfg), indent=1))
         return
     out = cfg.out or os.path.join("runs", cfg.name)
+    tiles = cfg.ae_arch == "tiles"  # native tiles and the RAM (the tile world), or 80x80 grayscale frames
+    train_ae, train_dyn = (train_tile_autoencoder, train_tile_dynamics) if tiles else (train_autoencoder,
+                                                                                      train_dynamics)
     try:
-        cache = load_frames(cfg.dataset, cfg.image_size, cfg.cache_dir)
+        cache = load_tiles(cfg.dataset, cfg.cache_dir) if tiles else load_frames(cfg.dataset, cfg.image_size,
+                                                                                 cfg.cache_dir)
         split_rows(cache, cfg, horizon=cfg.unroll)  # fail on unusable data before writing anything
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
@@ -1764,20 +2358,21 @@ def main(argv=None):
         except CheckpointError as e:
             raise SystemExit(f"error: {e}; --stage dynamics trains on the run directory's autoencoder: run --stage ae "
                              f"first, or copy one there") from None
-        ae_extra = {k: ae_ckpt[k] for k in ("hash", "static_frame", "val_l1")}
+        ae_extra = {k: ae_ckpt[k] for k in ("hash", "static_frame", "val_l1", "train_tiles", "val_exact_occurrences")
+                    if k in ae_ckpt}
     os.makedirs(out, exist_ok=True)
-    print(f"{cfg.dataset}: {len(cache.frames)} frames in {len(np.unique(cache.episodes))} episodes "
-          f"(cache {cache.fingerprint})")
-    if ns.spot_check:
+    print(f"{cfg.dataset}: {len(cache.episodes)} frames in {len(np.unique(cache.episodes))} episodes"
+          + (f", {len(cache.table)} distinct 8x8 tiles" if tiles else "") + f" (cache {cache.fingerprint})")
+    if ns.spot_check and not tiles:
         spot_check(cache, pair_indices(cache.episodes), ns.spot_check, cfg.seed)
     timings = {}
     t = time.time()
     if cfg.stage in ("ae", "all"):
-        autoencoder, ae_extra = train_autoencoder(cfg, cache, out)
+        autoencoder, ae_extra = train_ae(cfg, cache, out)
         timings["autoencoder_s"] = time.time() - t
     if cfg.stage in ("dynamics", "all"):
         t = time.time()
-        dynamics, dyn_extra = train_dynamics(cfg, cache, autoencoder, ae_extra, out)
+        dynamics, dyn_extra = train_dyn(cfg, cache, autoencoder, ae_extra, out)
         timings["dynamics_s"] = time.time() - t
         if cfg.export:
             save_checkpoint(os.path.join(cfg.export, "autoencoder.pt"), "autoencoder", cfg, autoencoder, half=True,

@@ -1,0 +1,145 @@
+"""The tile world: native 8x8 tiles as codes, and dynamics with a recurrent RAM state (issue #3, round 5)."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import train
+
+
+@pytest.fixture(scope="session")
+def tiny_tile_run(tiny_dataset, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("tile_run"))
+    train.main(["--dataset", tiny_dataset, "--out", out, "--export", os.path.join(out, "export"),
+                "--ae-arch", "tiles", "--dynamics", "tiles", "--history", "2", "--hidden", "16",
+                "--conv-blocks", "2", "--epochs", "1", "--batch-size", "16", "--dyn-change-weight", "10", "--unroll", "2",
+                "--cache-dir", os.path.join(out, "cache")])
+    return out
+
+
+def test_tiles_rebuild_the_native_frames_exactly(tiny_dataset, tmp_path):
+    import datasets
+    cache = train.load_tiles(tiny_dataset, str(tmp_path))
+    ds = datasets.load_from_disk(tiny_dataset)
+    order = np.lexsort((np.asarray(ds["step"]), np.asarray(ds["episode_id"])))
+    for row in (0, 17, len(ds) - 1):
+        real = np.asarray(ds[int(order[row])]["observations"].convert("RGB"))
+        assert np.array_equal(cache.frames([row])[0], real)
+    assert cache.tile_ids.shape == (len(ds), 30, 32)
+    assert cache.counts.sum() == len(ds) * 30 * 32
+    again = train.load_tiles(tiny_dataset, str(tmp_path))  # from the cache file
+    assert np.array_equal(again.tile_ids, cache.tile_ids) and np.array_equal(again.ram, cache.ram)
+
+
+def test_codebook_gives_each_distinct_tile_its_code_and_maps_unseen_tiles_to_the_nearest():
+    rng = np.random.default_rng(0)
+    table = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    model = train.TileAutoencoder(codes=64)
+    fit = train.fit_tiles(model, table, np.arange(1, 51))
+    assert fit["exact_tiles"] == 1.0 and fit["codes_in_use"] == 50
+    codes = model.encode_tiles(table)
+    assert len(codes.unique()) == 50
+    assert torch.equal(model.palette()[codes], torch.from_numpy(table))
+    near = table[7].astype(np.int16) + 3
+    assert int(model.encode_tiles(np.clip(near, 0, 255).astype(np.uint8)[None])[0]) == int(codes[7])
+    small = train.TileAutoencoder(codes=10)  # fewer codes than tiles: k-means, every code in use
+    fit = train.fit_tiles(small, table, np.ones(50, dtype=np.int64))
+    assert fit["codes_in_use"] == 10 and fit["exact_tiles"] < 1.0
+
+
+def test_tile_dynamics_loss_scores_changed_tiles_and_step_returns_codes():
+    torch.manual_seed(0)
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="hidden")
+    tokens = torch.randint(0, 20, (4, 2, 30, 32))
+    state = torch.randint(0, 256, (4, len(train.TILE_STATES["hidden"])))
+    actions = torch.zeros(4, 2, 8)
+    nxt = tokens[:, -1].clone()
+    nxt[:, 5, 5] = (nxt[:, 5, 5] + 1) % 20
+    loss, logs = model.loss(tokens, state, actions, nxt, state, change_weight=10.0)
+    assert torch.isfinite(loss) and set(logs) >= {"tile_ce", "state_ce", "changed_tile_acc", "state_acc"}
+    loss.backward()
+    assert model.out.weight.grad.abs().sum() > 0 and model.state_head[-1].weight.grad.abs().sum() > 0
+    z, s = model.step(tokens, state, actions, temperature=0.0)
+    assert z.shape == (4, 30, 32) and s.shape == state.shape and z.dtype == torch.int64
+    # untrained, the copy bonus makes copying the last frame the likeliest next frame
+    assert torch.equal(z, tokens[:, -1])
+    z2, s2 = model.step(tokens, state, actions, temperature=0.0)
+    assert torch.equal(z, z2) and torch.equal(s, s2)
+
+
+def test_tile_dynamics_learn_a_timer_that_the_screen_does_not_show():
+    """A block that drops one row whenever a hidden timer wraps: the state head learns the timer, and given it
+    the tile head moves the whole block at the wrap and keeps it still otherwise, with no fading."""
+    torch.manual_seed(0)
+    period, n = 4, 256
+    timer = torch.arange(n) % period
+    row = (torch.arange(n) // period) % 20
+    tokens = torch.zeros(n, 30, 32, dtype=torch.long)
+    tokens[torch.arange(n), row + 2, 10] = 1
+    model = train.TileDynamics(codes=2, history=1, width=16, blocks=2, state=(("timer", 0),))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    t = torch.arange(n - 1)
+    t = t[row[t + 1] >= row[t]]  # no wrap from the bottom row back to the top
+    for _ in range(250):
+        b = t[torch.randint(len(t), (32,))]
+        loss, _ = model.loss(tokens[b][:, None], timer[b][:, None], torch.zeros(32, 1, 8), tokens[b + 1],
+                             timer[b + 1][:, None], change_weight=10.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    z, s = tokens[t[:1]][:, None], timer[t[:1]][:, None]
+    for i in range(1, 3 * period):  # self-fed: the block falls a whole row every `period` steps
+        nz, s = model.step(z, s, torch.zeros(1, 1, 8), temperature=0.0)
+        z = nz[:, None]
+        assert int(s[0, 0]) == (int(timer[t[0]]) + i) % period
+        assert int(nz.sum()) == 1 and int(nz[0, int(row[t[0] + i]) + 2, 10]) == 1
+
+
+def test_tile_run_trains_exports_evaluates_and_plays(tiny_tile_run, tiny_dataset, tmp_path):
+    import evaluate
+    import main as play
+    export = os.path.join(tiny_tile_run, "export")
+    world = train.load_world(export)
+    assert isinstance(world, train.TileWorld)
+    state = world.start("play")
+    assert state[0].shape == (1, 2, 30, 32) and state[1].shape == (1, len(train.TILE_STATES["hidden"]))
+    state, z = world.step(state, torch.zeros(1, 8), 1.0)
+    assert world.rgb(z).shape == (1, 240, 256, 3) and world.decode(z).shape == (1, 1, 80, 80)
+    # the autoencoder oracle is exact: the codes decode to the real frame, as the 80x80 pipeline sees it
+    cache = train.load_frames(tiny_dataset, 80, os.path.join(tiny_tile_run, "cache"))
+    world.attach(tiny_dataset, os.path.join(tiny_tile_run, "cache"), cache.episodes)
+    rows = np.array([0, 5, 30])
+    assert np.array_equal((world.decode(world.encode_rows(cache, rows))[:, 0] * 255).round().byte().numpy(),
+                          cache.frames[rows])
+    out = str(tmp_path / "eval")
+    args = ["--dataset", tiny_dataset, "--checkpoint", export, "--out", out, "--horizons", "1", "3",
+            "--starts", "6", "--samples", "2", "--events", "0", "--no-plots", "--cache-dir",
+            os.path.join(tiny_tile_run, "cache")]
+    evaluate.main(args)
+    first = open(out + ".json").read()
+    evaluate.main(args)
+    assert open(out + ".json").read().split('"seconds"')[0] == first.split('"seconds"')[0]
+    gif = str(tmp_path / "tiles.gif")
+    result = play.main(["--checkpoint", export, "--headless", "--frames", "5", "--record", gif])
+    assert result["frames"] == 5 and os.path.getsize(gif) > 0
+
+
+def test_tile_checkpoint_errors(tiny_tile_run, tiny_run, tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    os.symlink(os.path.join(tiny_tile_run, "export", "autoencoder.pt"), mixed / "autoencoder.pt")
+    os.symlink(os.path.join(tiny_run, "export", "dynamics.pt"), mixed / "dynamics.pt")
+    with pytest.raises(train.CheckpointError, match="another autoencoder"):
+        train.load_world(str(mixed))
+    with pytest.raises(ValueError, match="go together"):
+        train.Config(ae_arch="tiles", dynamics="conv")
+
+
+def test_tile_data_without_ram_is_a_clear_error(tiny_dataset, tmp_path):
+    import datasets
+    ds = datasets.load_from_disk(tiny_dataset).remove_columns(["ram"])
+    path = str(tmp_path / "noram")
+    ds.save_to_disk(path)
+    with pytest.raises(train.DatasetError, match="missing column 'ram'"):
+        train.load_tiles(path, str(tmp_path / "cache"))
