@@ -2217,12 +2217,12 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
                     a_hist = torch.from_numpy(acted(cache.actions, ctx, rows + k)).float()
                     next_codes = tokens[torch.from_numpy(rows + k + 1).long()]
                     next_state = torch.from_numpy(ram_state(cache.ram[rows + k + 1], model.addresses)).long()
-                out = model.loss(codes, state, a_hist, next_codes, next_state, change_weight=cfg.dyn_change_weight,
+                res = model.loss(codes, state, a_hist, next_codes, next_state, change_weight=cfg.dyn_change_weight,
                                  feed=k + 1 < cfg.unroll)
-                loss = loss + out[0] / cfg.unroll
-                logs = out[1]
+                loss = loss + res[0] / cfg.unroll
+                logs = res[1]
                 if k + 1 < cfg.unroll:
-                    codes, state = torch.cat([codes[:, 1:], out[2][:, None]], dim=1), out[3]
+                    codes, state = torch.cat([codes[:, 1:], res[2][:, None]], dim=1), res[3]
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
