@@ -1343,14 +1343,9 @@ class TileWorld:
 
     @classmethod
     def load(cls, directory: str, device: str = "cpu") -> "TileWorld":
-        ae_path, dyn_path = os.path.join(directory, "autoencoder.pt"), os.path.join(directory, "dynamics.pt")
-        autoencoder, ae_ckpt = load_model(ae_path, "autoencoder")
-        dyn_ckpt = read_checkpoint(dyn_path, "dynamics")
-        if dyn_ckpt.get("autoencoder_hash") != ae_ckpt.get("hash"):
-            raise CheckpointError(f"{dyn_path}: was trained on another autoencoder than {ae_path} "
-                                  f"(hash {dyn_ckpt.get('autoencoder_hash')} != {ae_ckpt.get('hash')})")
+        autoencoder, ae_ckpt, dyn_path, dyn_ckpt = load_matched(directory)
         if config_from(dyn_ckpt).dynamics != "tiles":
-            raise CheckpointError(f"{dyn_path}: holds {config_from(dyn_ckpt).dynamics} dynamics, but {ae_path} is a "
+            raise CheckpointError(f"{dyn_path}: holds {config_from(dyn_ckpt).dynamics} dynamics, but its autoencoder is a "
                                   f"tile autoencoder, which only tile dynamics play")
         dynamics, _ = load_model(dyn_path, "dynamics")
         world = cls(autoencoder, dynamics, dyn_ckpt.get("starts"), device)
@@ -1620,6 +1615,18 @@ def config_from(ckpt: dict) -> Config:
     return Config(**{k: v for k, v in ckpt["config"].items() if k in known})
 
 
+def load_matched(directory: str):
+    """A checkpoint directory's autoencoder (model, checkpoint) and dynamics (path, checkpoint), checked to belong
+    together: the dynamics must name the autoencoder's hash."""
+    ae_path, dyn_path = os.path.join(directory, "autoencoder.pt"), os.path.join(directory, "dynamics.pt")
+    autoencoder, ae_ckpt = load_model(ae_path, "autoencoder")
+    dyn_ckpt = read_checkpoint(dyn_path, "dynamics")
+    if dyn_ckpt.get("autoencoder_hash") != ae_ckpt.get("hash"):
+        raise CheckpointError(f"{dyn_path}: was trained on another autoencoder than {ae_path} "
+                              f"(hash {dyn_ckpt.get('autoencoder_hash')} != {ae_ckpt.get('hash')})")
+    return autoencoder, ae_ckpt, dyn_path, dyn_ckpt
+
+
 def load_world(directory: str = "checkpoints/tetris", device: str = "cpu"):
     """The world model in a checkpoint directory: a TileWorld for a tile autoencoder, else a WorldModel."""
     ae = read_checkpoint(os.path.join(directory, "autoencoder.pt"), "autoencoder")
@@ -1661,12 +1668,7 @@ class WorldModel:
 
     @classmethod
     def load(cls, directory: str = "checkpoints/tetris", device: str = "cpu") -> "WorldModel":
-        ae_path, dyn_path = os.path.join(directory, "autoencoder.pt"), os.path.join(directory, "dynamics.pt")
-        autoencoder, ae_ckpt = load_model(ae_path, "autoencoder")
-        dyn_ckpt = read_checkpoint(dyn_path, "dynamics")
-        if dyn_ckpt.get("autoencoder_hash") != ae_ckpt.get("hash"):
-            raise CheckpointError(f"{dyn_path}: was trained on another autoencoder than {ae_path} "
-                                  f"(hash {dyn_ckpt.get('autoencoder_hash')} != {ae_ckpt.get('hash')})")
+        autoencoder, ae_ckpt, dyn_path, dyn_ckpt = load_matched(directory)
         dynamics, _ = load_model(dyn_path, "dynamics", int(np.prod(autoencoder.latent_shape)))
         world = cls(autoencoder, dynamics, dyn_ckpt.get("starts"), device)
         world.autoencoder_hash = ae_ckpt.get("hash")
