@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data train train-tiles train-tiles-hidden train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
+.PHONY: play test venv data train train-tiles train-tiles-round5 train-tiles-hidden train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -91,14 +91,22 @@ candidate: venv
 sweeps: venv
 	for s in perceptual latent_noise capacity vae_beta multistep; do $(PY) sweep.py configs/sweeps/$$s.yaml || exit 1; done
 
-# Issue #3's round 5: the tile world: native 8x8 tiles as codes, conv dynamics with a recurrent state of RAM bytes
-# and the falling piece (configs/tetris_tiles_piece.yaml), trained one step at a time, then fine-tuned on 4-step
-# self-fed rollouts (configs/tetris_tiles_unroll.yaml) and exported to checkpoints/tiles. The first try, with the
-# hidden bytes only, is configs/tetris_tiles.yaml (make train-tiles-hidden).
+# Issue #3's round 6: the tile world with the "local" state head: native 8x8 tiles as codes, conv dynamics with a
+# recurrent state of RAM bytes and the falling piece, each byte embedded on its own and predicted as a change, and
+# the piece's place given to both heads as a map (configs/tetris_tiles_local.yaml, 5 epochs), then 8 epochs more
+# (configs/tetris_tiles_local_long.yaml). About 1 h on 2 cores.
 train-tiles: venv
+	$(PY) train.py --config configs/tetris_tiles_local.yaml --dataset data/tetris_train
+	mkdir -p runs/tetris_tiles_local_long && cp runs/tetris_tiles_local/autoencoder.pt runs/tetris_tiles_local_long/
+	$(PY) train.py --config configs/tetris_tiles_local_long.yaml --dataset data/tetris_train --stage dynamics
+
+# Round 5: the same world with round 5's pooled state head (configs/tetris_tiles_piece.yaml), then fine-tuned on
+# 4-step self-fed rollouts (configs/tetris_tiles_unroll.yaml). The first try, with the hidden bytes only, is
+# configs/tetris_tiles.yaml (make train-tiles-hidden).
+train-tiles-round5: venv
 	$(PY) train.py --config configs/tetris_tiles_piece.yaml --dataset data/tetris_train
 	mkdir -p runs/tetris_tiles_unroll && cp runs/tetris_tiles_piece/autoencoder.pt runs/tetris_tiles_unroll/
-	$(PY) train.py --config configs/tetris_tiles_unroll.yaml --dataset data/tetris_train --stage dynamics --export checkpoints/tiles
+	$(PY) train.py --config configs/tetris_tiles_unroll.yaml --dataset data/tetris_train --stage dynamics
 
 train-tiles-hidden: venv
 	$(PY) train.py --config configs/tetris_tiles.yaml --dataset data/tetris_train

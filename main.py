@@ -194,6 +194,13 @@ class FrameStats:
         minutes = [change[i:i + 1800] for i in range(0, len(change), 1800)]
         out["frame_change_per_minute"] = [float(c.mean()) for c in minutes]  # mean |pixel change| per step
         out["frames_changing_per_minute"] = [float((c > 1e-3).mean()) for c in minutes]
+        windows = [change[i:i + 300] for i in range(0, len(change) - 299, 300)]  # whole 10 s windows
+        out["frames_changing_per_10_seconds"] = [float((c > 1e-3).mean()) for c in windows]
+        if reference and "frames_changing_10s_stillest" in reference:
+            # a dream that stalls (nothing falls, nothing moves) looks real frame by frame: this catches it
+            still = [i for i, c in enumerate(out["frames_changing_per_10_seconds"])
+                     if c < reference["frames_changing_10s_stillest"]]
+            out["first_stalled_10_seconds"] = 10 * still[0] if still else None
         if reference:
             inside = lambda x, r: float(((x >= r[0]) & (x <= r[1])).mean())
             for key, series in (("brightness", m), ("contrast", s)):
@@ -285,6 +292,17 @@ def reference_ranges(dataset: str, image_size: int, cache_dir: str = ".cache") -
     same = np.flatnonzero(cache.episodes[1:] == cache.episodes[:-1])[::10]
     change = np.abs(cache.frames[same + 1].astype(np.float32) - cache.frames[same]).mean(axis=(1, 2)) / 255
     out |= {"frame_change": float(change.mean()), "frames_changing": float((change > 1e-3).mean())}
+    # how still the real game ever gets: the share of changing steps in every 10 s window (every 30th start)
+    # inside an episode; a dream's 10 s window stiller than the stillest 1% of them has stalled
+    steps = np.flatnonzero(cache.episodes[1:] == cache.episodes[:-1])
+    moving = np.zeros(len(cache.episodes), dtype=bool)
+    for s in range(0, len(steps), 4096):
+        i = steps[s:s + 4096]
+        moving[i + 1] = np.abs(cache.frames[i + 1].astype(np.int16) - cache.frames[i]).mean(axis=(1, 2)) > 255e-3
+    shares = [moving[i:i + 300].mean() for i in range(0, len(moving) - 299, 30)
+              if cache.episodes[i] == cache.episodes[i + 299]]
+    if shares:
+        out["frames_changing_10s_stillest"] = float(np.percentile(shares, 1))
     return out
 
 

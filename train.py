@@ -113,6 +113,10 @@ class Config:
     tile_codes: int = 1024             # tiles arch: codes of the tile codebook (NES Tetris shows about 820 distinct tiles)
     tile_state: str = "hidden"         # tile dynamics: the RAM bytes of their recurrent state (see TILE_STATES): hidden
                                        # (13 the screen does not show) | piece (those and the falling piece's x, y, rotation)
+    tile_head: str = "pooled"          # tile dynamics' state head: pooled (round 5: the bytes summed into one vector,
+                                       # the map pooled, each next byte predicted outright) | local (each byte's own
+                                       # embedding, attention pooling of the map, the change of each byte predicted,
+                                       # and with tile_state piece, the piece's place drawn as a map for both heads)
 
     def __post_init__(self):
         if self.stage not in ("ae", "dynamics", "all"):
@@ -123,6 +127,8 @@ class Config:
             raise ValueError(f"dynamics must be one of {sorted(DYNAMICS)}, not {self.dynamics!r}")
         if self.tile_state not in TILE_STATES:
             raise ValueError(f"tile_state must be one of {sorted(TILE_STATES)}, not {self.tile_state!r}")
+        if self.tile_head not in ("pooled", "local"):
+            raise ValueError(f"tile_head must be pooled or local, not {self.tile_head!r}")
         if (self.ae_arch == "tiles") != (self.dynamics == "tiles"):
             raise ValueError(f"ae_arch tiles and dynamics tiles go together (not {self.ae_arch} with {self.dynamics}): "
                              f"tile dynamics predict the tile autoencoder's codes")
@@ -564,6 +570,13 @@ def spot_check(cache: FrameCache, rows: np.ndarray, path: str, seed: int = 0, n:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def atomic_json(path: str, obj):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
 
 
 def save_figure(fig, path: str):
@@ -1192,6 +1205,29 @@ class ResBlock2d(nn.Module):
         return x + self.conv(F.gelu(self.norm(x)))
 
 
+class PieceMap(nn.Module):
+    """The falling piece's place as a map (B, width, 30, 32), from its column, row and orientation bytes (B,) each:
+    every tile gets a learnt embedding of its tile row less the piece's row and one of its tile column less the
+    piece's column (both for the piece's orientation); a per-tile MLP of their sum can then pick out the tiles the
+    piece covers. Neither where the board sits on screen nor the shapes of the pieces is given: both are learnt."""
+
+    def __init__(self, width: int, span: int = 64, orientations: int = 20):
+        super().__init__()
+        self.span, self.orientations = span, orientations
+        self.rows = nn.Embedding(span * orientations, width)
+        self.cols = nn.Embedding(span * orientations, width)
+        self.mlp = nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.GELU(), nn.Conv2d(2 * width, width, 1))
+        self.register_buffer("r", torch.arange(TILE_ROWS), persistent=False)
+        self.register_buffer("c", torch.arange(TILE_COLS), persistent=False)
+
+    def forward(self, x, y, orientation):
+        o = orientation.long().clamp(0, self.orientations - 1)[:, None]
+        dr = (self.r[None] - y.long()[:, None] + self.span // 2).clamp(0, self.span - 1)  # (B, 30)
+        dc = (self.c[None] - x.long()[:, None] + self.span // 2).clamp(0, self.span - 1)  # (B, 32)
+        m = self.rows(dr * self.orientations + o)[:, :, None] + self.cols(dc * self.orientations + o)[:, None]
+        return self.mlp(m.permute(0, 3, 1, 2))
+
+
 class TileDynamics(nn.Module):
     """Next tile codes and next hidden state from the last `history` code maps, the hidden state and the buttons.
 
@@ -1200,11 +1236,19 @@ class TileDynamics(nn.Module):
     draw); the tile head then predicts every tile's code given that next state (teacher-forced in training), and
     play takes the likeliest code. Given the next state the
     next frame is nearly determined, so the likeliest code draws the piece whole: no fading by averaging futures.
-    Every tile's logit for its current code gets a learnt bonus, so copying the screen is the easy default."""
+    Every tile's logit for its current code gets a learnt bonus, so copying the screen is the easy default.
+
+    head="pooled" (round 5) sums the state's byte embeddings into one vector, gives the state head the map's mean
+    and max and predicts each next byte outright. head="local" (round 6) also gives the state head every byte's own
+    embedding and 4 attention-pooled reads of the map (where the piece is, whether it is blocked), predicts each
+    byte's change mod 256 (so a counter's +2 and a byte that stays are each one value to learn), and, where the
+    state holds the piece's column, row and orientation, adds the piece's place as a map (PieceMap) to the trunk's
+    input and the next state's piece map to the tile head's, so the tile head is told where to draw it."""
 
     stochastic = True
 
-    def __init__(self, codes: int, history: int = 2, width: int = 48, blocks: int = 8, state="hidden"):
+    def __init__(self, codes: int, history: int = 2, width: int = 48, blocks: int = 8, state="hidden",
+                 head: str = "pooled"):
         super().__init__()
         spec = TILE_STATES[state] if isinstance(state, str) else state  # a name, or ((name, address), ...)
         self.state_names = [name for name, _ in spec]
@@ -1218,7 +1262,18 @@ class TileDynamics(nn.Module):
         self.next_state_embed = nn.Embedding(state_size * 256, width)
         self.buttons = nn.Linear(8 * history, width)
         self.blocks = nn.Sequential(*[ResBlock2d(width, 2 ** (i % 4)) for i in range(blocks)])
-        self.state_head = nn.Sequential(nn.Linear(3 * width, 4 * width), nn.GELU(), nn.Linear(4 * width, 4 * width),
+        self.head, head_in = head, 3 * width
+        piece = ("piece x", "piece y", "piece orientation")
+        self.piece = [self.state_names.index(n) for n in piece] if set(piece) <= set(self.state_names) else None
+        if head == "local":
+            self.byte_embed = nn.Embedding(state_size * 256, 16)
+            self.attend = nn.Conv2d(width, 4, 1)
+            head_in = 7 * width + 16 * state_size
+            if self.piece:
+                self.piece_map, self.next_piece_map = PieceMap(width), PieceMap(width)
+        else:
+            self.piece = None
+        self.state_head = nn.Sequential(nn.Linear(head_in, 4 * width), nn.GELU(), nn.Linear(4 * width, 4 * width),
                                         nn.GELU(), nn.Linear(4 * width, state_size * 256))
         self.out_blocks = nn.Sequential(ResBlock2d(width, 1), ResBlock2d(width, 2))
         self.out_norm = nn.GroupNorm(8, width)
@@ -1230,10 +1285,21 @@ class TileDynamics(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int = 0) -> "TileDynamics":
-        return cls(cfg.tile_codes, cfg.history, cfg.hidden, cfg.conv_blocks, cfg.tile_state)
+        return cls(cfg.tile_codes, cfg.history, cfg.hidden, cfg.conv_blocks, cfg.tile_state, cfg.tile_head)
 
     def _state_vector(self, table, state):
         return table(state.long() + self.offsets).sum(1)  # (B, width)
+
+    def _piece_map(self, table, state):
+        return table(*state[:, self.piece].unbind(1))
+
+    def state_target(self, state, next_state):
+        """What the state head's classes stand for: the next byte (pooled) or its change mod 256 (local)."""
+        return (next_state.long() - state.long()) % 256 if self.head == "local" else next_state.long()
+
+    def next_state(self, state, classes):
+        """The inverse of state_target: the state head's classes (B, S) -> the next state (B, S)."""
+        return (state.long() + classes) % 256 if self.head == "local" else classes
 
     def trunk(self, tokens, state, a_hist):
         """tokens (B, K, 30, 32) codes, state (B, S) bytes, a_hist (B, K, 8) -> features (B, width, 30, 32)
@@ -1241,13 +1307,21 @@ class TileDynamics(nn.Module):
         b = len(tokens)
         x = self.embed(tokens).permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, K * width, 30, 32)
         g = self._state_vector(self.state_embed, state) + self.buttons(a_hist.flatten(1).float())
-        h = self.blocks(self.inp(x) + self.pos + g[:, :, None, None])
-        pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3)), g], dim=1)
-        return h, self.state_head(pooled).view(b, self.state_size, 256)
+        x = self.inp(x) + self.pos + g[:, :, None, None]
+        h = self.blocks(x + self._piece_map(self.piece_map, state) if self.piece else x)
+        pooled = [h.mean((2, 3)), h.amax((2, 3)), g]
+        if self.head == "local":
+            attention = torch.softmax(self.attend(h).flatten(2), -1)  # (B, 4, 960)
+            pooled += [torch.einsum("bak,bwk->baw", attention, h.flatten(2)).flatten(1),
+                       self.byte_embed(state.long() + self.offsets).flatten(1)]
+        return h, self.state_head(torch.cat(pooled, dim=1)).view(b, self.state_size, 256)
 
     def tile_features(self, h, next_state):
         """Trunk features and the next state (B, S) -> per-tile features (B, 30 * 32, width)."""
-        h = self.out_blocks(h + self._state_vector(self.next_state_embed, next_state)[:, :, None, None])
+        h = h + self._state_vector(self.next_state_embed, next_state)[:, :, None, None]
+        if self.piece:
+            h = h + self._piece_map(self.next_piece_map, next_state)
+        h = self.out_blocks(h)
         return F.gelu(self.out_norm(h)).flatten(2).transpose(1, 2)
 
     def tile_logits(self, h, tokens, next_state):
@@ -1277,18 +1351,18 @@ class TileDynamics(nn.Module):
         w = torch.where(changed, 1 + change_weight,
                         n_unchanged / (pick & ~changed).sum(1, keepdim=True).clamp(min=1))[bi, ti]
         tile_loss = (ce * w).sum() / w.sum()
-        state_loss = F.cross_entropy(state_logits.flatten(0, 1), next_state.flatten().long())
+        state_loss = F.cross_entropy(state_logits.flatten(0, 1), self.state_target(state, next_state).flatten())
+        predicted = self.next_state(state, state_logits.argmax(-1))
         with torch.no_grad():
             right = logits.argmax(1) == target[bi, ti]
             ch = changed[bi, ti]
             logs = {"tile_ce": float(tile_loss), "state_ce": float(state_loss),
                     "changed_tile_acc": float(right[ch].float().mean()) if ch.any() else 1.0,
                     "unchanged_tile_acc": float(right[~ch].float().mean()),
-                    "state_acc": float((state_logits.argmax(-1) == next_state.long()).float().mean())}
+                    "state_acc": float((predicted == next_state.long()).float().mean())}
             if feed:
                 full = self.out(feats).scatter_add(2, last[:, :, None], self.copy_bonus.expand(b, n_tiles, 1))
-                return (tile_loss + state_loss, logs, full.argmax(-1).view_as(next_tokens),
-                        state_logits.argmax(-1).to(state.dtype))
+                return tile_loss + state_loss, logs, full.argmax(-1).view_as(next_tokens), predicted.to(state.dtype)
         return tile_loss + state_loss, logs
 
     @torch.no_grad()
@@ -1296,10 +1370,17 @@ class TileDynamics(nn.Module):
         """-> next codes (B, 30, 32) and next state (B, S): the state sampled at the temperature (0: likeliest),
         then the likeliest code of every tile given it."""
         h, state_logits = self.trunk(tokens, state, a_hist)
-        next_state = state_logits.argmax(-1)
+        classes = state_logits.argmax(-1)
         if temperature > 0:  # only the piece draw is random in the game; sampling the timers too breaks play
-            probs = torch.softmax(state_logits[:, self.random_state] / temperature, -1)
-            next_state[:, self.random_state] = torch.multinomial(probs.flatten(0, 1), 1).view(len(state), -1)
+            logits = state_logits[:, self.random_state] / temperature
+            if self.head == "local":  # the game draws a piece only at a spawn: where "no change" is likeliest,
+                draw = classes[:, self.random_state] != 0  # keep it; where a change is, sample which one
+                logits = logits.clone()
+                logits[..., 0] = torch.where(draw, float("-inf"), logits[..., 0])
+                logits[~draw] = torch.where(torch.arange(256, device=logits.device) == 0, 0.0, float("-inf"))
+            probs = torch.softmax(logits, -1)
+            classes[:, self.random_state] = torch.multinomial(probs.flatten(0, 1), 1).view(len(state), -1)
+        next_state = self.next_state(state, classes)
         return self.tile_logits(h, tokens, next_state).argmax(1), next_state.to(state.dtype)
 
 
@@ -2173,6 +2254,30 @@ def tile_start(tokens, cache: TileCache, history: int, addresses: np.ndarray) ->
                      "row": row}}
 
 
+@torch.no_grad()
+def state_accuracy(model: TileDynamics, tokens, cache: TileCache, rows: np.ndarray, history: int) -> dict:
+    """How often the state head's likeliest next value of each byte is right, one step ahead from the real
+    frames and state at `rows`: over all rows, and over those where the byte changes. Printed as a table."""
+    right, changes = [], []
+    for s in range(0, len(rows), 100):
+        codes, state, a_hist, _, next_state = tile_batch(tokens, cache, rows[s:s + 100], history, cache.episode_start,
+                                                         model.addresses)
+        _, logits = model.trunk(codes, state, a_hist)
+        right.append(model.next_state(state, logits.argmax(-1)) == next_state)
+        changes.append(state != next_state)
+    right, changes = torch.cat(right), torch.cat(changes)
+    out = {"rows": len(rows), "all_bytes_right": float(right.all(1).float().mean()), "bytes": {}}
+    print(f"state head, one step ahead on {len(rows)} validation rows: all bytes right {out['all_bytes_right']:.3f}")
+    for i, name in enumerate(model.state_names):
+        ch = changes[:, i]
+        out["bytes"][name] = {"right": float(right[:, i].float().mean()), "changes": float(ch.float().mean()),
+                              "right_when_it_changes": float(right[ch, i].float().mean()) if ch.any() else None}
+        b = out["bytes"][name]
+        when = f"{b['right_when_it_changes']:.3f}" if ch.any() else "  -  "
+        print(f"  {name:22s} right {b['right']:.3f}   changes on {b['changes']:.3f} of steps, right then {when}")
+    return out
+
+
 def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoencoder, ae_extra: dict, out: str):
     from tqdm import tqdm
     with torch.no_grad():
@@ -2191,7 +2296,7 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: does not fit: {str(e).splitlines()[0]}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.dyn_lr, weight_decay=0.01)
     state_path = os.path.join(out, "dynamics_state.pt")
-    resume = _resume_state(state_path, cfg, DYN_KEYS + ["tile_codes", "tile_state"])
+    resume = _resume_state(state_path, cfg, DYN_KEYS + ["tile_codes", "tile_state", "tile_head"])
     log = RunLog(os.path.join(out, "dynamics_log.jsonl"), resume is not None)
     start = 0
     if resume:
@@ -2254,8 +2359,10 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
                     "config": dataclasses.asdict(cfg)}, tmp)
         os.replace(tmp, state_path)
     model.eval()
+    bytes_right = state_accuracy(model, tokens, cache, val, cfg.history)
+    atomic_json(os.path.join(out, "state_accuracy.json"), bytes_right)
     extra = {"autoencoder_hash": ae_extra["hash"], "starts": tile_start(tokens, cache, cfg.history, model.addresses),
-             "state_addresses": [int(a) for a in model.addresses]}
+             "state_addresses": [int(a) for a in model.addresses], "state_accuracy": bytes_right}
     save_checkpoint(os.path.join(out, "dynamics.pt"), "dynamics", cfg, model, **extra)
     log.plot(os.path.join(out, "dynamics_loss.png"), f"{cfg.name}: tile dynamics (cross-entropy)")
     return model, extra
@@ -2382,8 +2489,7 @@ def main(argv=None):
             save_checkpoint(os.path.join(cfg.export, "dynamics.pt"), "dynamics", cfg, dynamics, half=True,
                             **dyn_extra)
             print(f"exported fp16 checkpoints to {cfg.export}/")
-    with open(os.path.join(out, "timings.json"), "w") as f:
-        json.dump(timings | {"command": " ".join(sys.argv[1:] if argv is None else argv)}, f, indent=1)
+    atomic_json(os.path.join(out, "timings.json"), timings | {"command": " ".join(sys.argv[1:] if argv is None else argv)})
     print(f"done: {out}/  " + "  ".join(f"{k} {v:.0f}" for k, v in timings.items()))
 
 

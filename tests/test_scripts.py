@@ -142,6 +142,15 @@ def test_nearest_real_frame_distance_and_the_realism_summary(tiny_dataset, tiny_
     # how lively the real game is, beside the dream's frame change
     assert 0 < ref["frame_change"] < 0.05 and 0 < ref["frames_changing"] <= 1
     assert summary["reference"]["frame_change"] == ref["frame_change"]
+    # a dream that plays for 10 s (the frame changes on every other step), then stalls on one frame
+    lively = play.FrameStats(frames=900)
+    for t in range(900):
+        lively(t, bank[(t // 2) % 2] if t < 300 else bank[0])
+    summary = lively.summary(ref)
+    assert summary["frames_changing_per_10_seconds"] == pytest.approx([0.5, 0.0, 0.0], abs=0.01)
+    # the tiny episodes are shorter than 10 s, so the real game's stillest 10 s is not measured, nor the stall
+    assert "frames_changing_10s_stillest" not in ref and "first_stalled_10_seconds" not in summary
+    assert lively.summary(ref | {"frames_changing_10s_stillest": 0.12})["first_stalled_10_seconds"] == 10
 
 
 def test_hold_scores_the_brightness_kept_on_a_still_falling_piece(tiny_dataset, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The tile world: native 8x8 tiles as codes, and dynamics with a recurrent RAM state (issue #3, round 5)."""
+"""The tile world: native 8x8 tiles as codes, and dynamics with a recurrent RAM state (issue #3, rounds 5 and 6)."""
+import json
 import os
 
 import numpy as np
@@ -13,7 +14,7 @@ def tiny_tile_run(tiny_dataset, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("tile_run"))
     train.main(["--dataset", tiny_dataset, "--out", out, "--export", os.path.join(out, "export"),
                 "--ae-arch", "tiles", "--dynamics", "tiles", "--history", "2", "--hidden", "16",
-                "--conv-blocks", "2", "--epochs", "1", "--batch-size", "16", "--dyn-change-weight", "10", "--unroll", "2",
+                "--conv-blocks", "2", "--tile-state", "piece", "--tile-head", "local", "--epochs", "1", "--batch-size", "16", "--dyn-change-weight", "10", "--unroll", "2",
                 "--cache-dir", os.path.join(out, "cache")])
     return out
 
@@ -96,6 +97,77 @@ def test_tile_dynamics_learn_a_timer_that_the_screen_does_not_show():
         assert int(nz.sum()) == 1 and int(nz[0, int(row[t[0] + i]) + 2, 10]) == 1
 
 
+def test_local_head_predicts_each_bytes_change_mod_256():
+    model = train.TileDynamics(codes=8, history=1, width=16, blocks=1, state="piece", head="local")
+    state = torch.tensor([[255, 3, 0] + [7] * 13])
+    nxt = torch.tensor([[1, 3, 255] + [7] * 13])
+    target = model.state_target(state, nxt)
+    assert target[0, :3].tolist() == [2, 0, 255] and torch.equal(model.next_state(state, target), nxt)
+    pooled = train.TileDynamics(codes=8, history=1, width=16, blocks=1, state="piece")
+    assert torch.equal(pooled.state_target(state, nxt), nxt) and pooled.piece is None
+    with pytest.raises(ValueError, match="tile_head must be"):
+        train.Config(tile_head="global")
+
+
+def test_local_head_draws_the_next_piece_only_where_it_predicts_a_draw():
+    torch.manual_seed(0)
+    model = train.TileDynamics(codes=8, history=1, width=16, blocks=1, state="piece", head="local")
+    k = model.random_state[0]
+    tokens, actions = torch.zeros(64, 1, 30, 32, dtype=torch.long), torch.zeros(64, 1, 8)
+    state = torch.full((64, model.state_size), 3)
+    with torch.no_grad():
+        bias = model.state_head[-1].bias.view(model.state_size, 256)
+        model.state_head[-1].weight.zero_()
+        bias.zero_()
+        bias[k] = -30.0
+        bias[k, 0] = 10.0  # "no change" likeliest: at temperature 1 plain sampling would change it on some rows
+        _, s = model.step(tokens, state, actions, temperature=1.0)
+        assert (s[:, k] == 3).all()
+        bias[k, 0], bias[k, 4], bias[k, 5] = 9.9, 10.0, 9.9  # a change likeliest: one of the changes is drawn
+        _, s = model.step(tokens, state, actions, temperature=1.0)
+        assert set(s[:, k].tolist()) == {7, 8}
+
+
+def test_piece_map_moves_with_the_piece():
+    torch.manual_seed(0)
+    pm = train.PieceMap(width=8)
+    x, y, o = torch.tensor([3, 4, 3]), torch.tensor([5, 5, 6]), torch.tensor([2, 2, 2])
+    m = pm(x, y, o)
+    assert m.shape == (3, 8, 30, 32)
+    assert torch.allclose(m[1, :, :, 1:], m[0, :, :, :-1])  # one column right: the whole map one tile right
+    assert torch.allclose(m[2, :, 1:], m[0, :, :-1])  # one row down: the map one tile down
+    assert not torch.allclose(m[0], pm(x[:1], y[:1], torch.tensor([3]))[0])  # another orientation, another map
+
+
+def test_local_tile_head_draws_the_piece_where_the_next_state_puts_it():
+    """Blocks that jump to a random place each step: the screen cannot tell where the next one is, only the next
+    state's piece bytes can, so the tile head must read them off the piece map."""
+    torch.manual_seed(0)
+    names = (("piece x", 0x40), ("piece y", 0x41), ("piece orientation", 0x42))
+    model = train.TileDynamics(codes=2, history=1, width=16, blocks=1, state=names, head="local")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def sample(n):
+        st = torch.stack([torch.randint(0, 10, (n,)), torch.randint(0, 18, (n,)), torch.zeros(n, dtype=torch.long)], 1)
+        tok = torch.zeros(n, 30, 32, dtype=torch.long)
+        tok[torch.arange(n), st[:, 1] + 5, st[:, 0] + 12] = 1  # where a board at tile (12, 5) would draw it
+        return tok, st
+
+    for _ in range(150):
+        tok, st = sample(16)
+        nxt_tok, nxt_st = sample(16)
+        loss, _ = model.loss(tok[:, None], st, torch.zeros(16, 1, 8), nxt_tok, nxt_st, change_weight=10.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tok, st = sample(64)
+    nxt_tok, nxt_st = sample(64)
+    with torch.no_grad():
+        h, _ = model.trunk(tok[:, None], st, torch.zeros(64, 1, 8))
+        drawn = model.tile_logits(h, tok[:, None], nxt_st).argmax(1)
+    assert (drawn == nxt_tok).all(-1).all(-1).float().mean() > 0.95
+
+
 def test_tile_run_trains_exports_evaluates_and_plays(tiny_tile_run, tiny_dataset, tmp_path):
     import evaluate
     import main as play
@@ -103,8 +175,10 @@ def test_tile_run_trains_exports_evaluates_and_plays(tiny_tile_run, tiny_dataset
     world = train.load_world(export)
     assert isinstance(world, train.TileWorld)
     state = world.start("play")
-    assert state[0].shape == (1, 2, 30, 32) and state[1].shape == (1, len(train.TILE_STATES["hidden"]))
+    assert state[0].shape == (1, 2, 30, 32) and state[1].shape == (1, len(train.TILE_STATES["piece"]))
     state, z = world.step(state, torch.zeros(1, 8), 1.0)
+    accuracy = json.load(open(os.path.join(tiny_tile_run, "state_accuracy.json")))  # per byte, printed by training
+    assert list(accuracy["bytes"]) == world.dynamics.state_names and 0 <= accuracy["all_bytes_right"] <= 1
     assert world.rgb(z).shape == (1, 240, 256, 3) and world.decode(z).shape == (1, 1, 80, 80)
     # the autoencoder oracle is exact: the codes decode to the real frame, as the 80x80 pipeline sees it
     cache = train.load_frames(tiny_dataset, 80, os.path.join(tiny_tile_run, "cache"))
