@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data train train-tiles train-tiles-round5 train-tiles-hidden train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
+.PHONY: play test venv data train train-tiles train-tiles-long train-tiles-round5 train-tiles-hidden train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -91,14 +91,19 @@ candidate: venv
 sweeps: venv
 	for s in perceptual latent_noise capacity vae_beta multistep; do $(PY) sweep.py configs/sweeps/$$s.yaml || exit 1; done
 
-# Issue #3's round 6: the tile world with the "local" state head: native 8x8 tiles as codes, conv dynamics with a
+# Issue #3's round 6: the tile world that ships in checkpoints/tiles: native 8x8 tiles as codes, conv dynamics with a
 # recurrent state of RAM bytes and the falling piece, each byte embedded on its own and predicted as a change, and
-# the piece's place given to both heads as a map (configs/tetris_tiles_local.yaml, 5 epochs), then 8 epochs more
-# (configs/tetris_tiles_local_long.yaml). About 1 h on 2 cores.
+# the piece's place given to both heads as a map (configs/tetris_tiles_local.yaml; about 25 min on 2 cores).
 train-tiles: venv
-	$(PY) train.py --config configs/tetris_tiles_local.yaml --dataset data/tetris_train
+	$(PY) train.py --config configs/tetris_tiles_local.yaml --dataset data/tetris_train --export checkpoints/tiles
+
+# Round 6, tried and not shipped: 8 epochs more (better held-out rollouts, but it stalled in play), then a 4-step
+# self-fed fine-tune of that (worse everywhere). Run after make train-tiles.
+train-tiles-long: venv
 	mkdir -p runs/tetris_tiles_local_long && cp runs/tetris_tiles_local/autoencoder.pt runs/tetris_tiles_local_long/
 	$(PY) train.py --config configs/tetris_tiles_local_long.yaml --dataset data/tetris_train --stage dynamics
+	mkdir -p runs/tetris_tiles_local_unroll && cp runs/tetris_tiles_local/autoencoder.pt runs/tetris_tiles_local_unroll/
+	$(PY) train.py --config configs/tetris_tiles_local_unroll.yaml --dataset data/tetris_train --stage dynamics
 
 # Round 5: the same world with round 5's pooled state head (configs/tetris_tiles_piece.yaml), then fine-tuned on
 # 4-step self-fed rollouts (configs/tetris_tiles_unroll.yaml). The first try, with the hidden bytes only, is

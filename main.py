@@ -346,7 +346,8 @@ def parse_args(argv=None):
     p.add_argument("--record", default=None, help="write what was shown to this .gif")
     p.add_argument("--stats", default=None, metavar="PREFIX",
                    help="write frame statistics over time (PREFIX_stats.png/.json: brightness, contrast, NaNs, and each "
-                        "second's L1 to the nearest real frame) and frames at 0/60/600 s")
+                        "second's L1 to the nearest real frame) and frames at 0/60/600 s; for a tile world also "
+                        "PREFIX_state.csv, its RAM state bytes at every frame")
     p.add_argument("--reference", default="data/tetris_train",
                    help="dataset whose real frames give the --stats ranges and the bank of real frames")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile: auto = on CUDA only")
@@ -392,8 +393,11 @@ def main(argv=None):
     stats = FrameStats(args.frames or 10**9) if args.stats else None
     recorded = [] if args.record else None
     on_frame = stats
-    if stats and isinstance(world, TileWorld):  # scored as the 80x80 grayscale pipeline sees a frame
-        on_frame = lambda t, frame: stats(t, to_gray80(frame[None])[0])  # noqa: E731
+    trace = [] if stats and isinstance(world, TileWorld) else None
+    if trace is not None:
+        def on_frame(t, frame):  # scored as the 80x80 grayscale pipeline sees a frame; the state bytes logged
+            stats(t, to_gray80(frame[None])[0])
+            trace.append([t] + env.state[1][0].tolist())
     result = Game(env, args.headless, args.fps).run(args.frames, action_source(args.actions, args.seed),
                                                     recorded, on_frame)
     temp = f", temperature {env.temperature:g}" if world.stochastic else ""
@@ -409,6 +413,9 @@ def main(argv=None):
         report |= {"fps": result["fps"], "command": "python main.py " + " ".join(given)}
         with open(args.stats + "_stats.json", "w") as f:
             json.dump(report, f, indent=1)
+        if trace:  # the tile world's recurrent RAM state, step by step: where the dream's game went wrong
+            np.savetxt(args.stats + "_state.csv", np.array(trace), fmt="%d", delimiter=",", comments="",
+                       header=",".join(["frame"] + [n.replace(" ", "_") for n in world.dynamics.state_names]))
         print(json.dumps(report, indent=1))
     return result
 

@@ -1280,6 +1280,9 @@ class TileDynamics(nn.Module):
         self.out = nn.Linear(width, codes)  # per tile; training scores only a sample of the unchanged tiles
         self.copy_bonus = nn.Parameter(torch.tensor(4.0))
         self.register_buffer("offsets", torch.arange(state_size) * 256, persistent=False)
+        # the values each byte held in the training data (S, 256); play never moves a byte to any other value.
+        # Set by training and stored in the checkpoint (state_support); all allowed until then
+        self.register_buffer("support", torch.ones(state_size, 256, dtype=torch.bool), persistent=False)
         # the state bytes play samples (the rest it takes at their likeliest): the next piece, where it is one
         self.random_state = [i for i, name in enumerate(self.state_names) if name == "next piece"]
 
@@ -1370,6 +1373,9 @@ class TileDynamics(nn.Module):
         """-> next codes (B, 30, 32) and next state (B, S): the state sampled at the temperature (0: likeliest),
         then the likeliest code of every tile given it."""
         h, state_logits = self.trunk(tokens, state, a_hist)
+        values = self.next_state(state[:, :, None], torch.arange(256, device=state.device))  # (B, S, 256)
+        allowed = self.support[torch.arange(self.state_size, device=state.device)[:, None], values]
+        state_logits = state_logits.masked_fill(~allowed, float("-inf"))
         classes = state_logits.argmax(-1)
         if temperature > 0:  # only the piece draw is random in the game; sampling the timers too breaks play
             logits = state_logits[:, self.random_state] / temperature
@@ -1728,6 +1734,8 @@ def load_model(path: str, kind: str, latent_dim: int | None = None):
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the {kind} its config describes: "
                               f"{str(e).splitlines()[0]}") from None
+    if "state_support" in ckpt and hasattr(model, "support"):
+        model.support.copy_(ckpt["state_support"])
     return model.eval(), ckpt
 
 
@@ -2285,6 +2293,9 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
     train_rows, val_rows = split_rows(cache, cfg, horizon=cfg.unroll)
     ep_start = cache.episode_start
     model = TileDynamics.from_config(cfg)
+    seen = ram_state(cache.ram[np.concatenate([train_rows, train_rows + 1])], model.addresses)
+    model.support.zero_()
+    model.support[torch.arange(model.state_size)[None], torch.from_numpy(seen).long()] = True
     if cfg.init_dynamics:
         init, init_ckpt = load_model(cfg.init_dynamics, "dynamics")
         if init_ckpt.get("autoencoder_hash") != ae_extra["hash"] or not isinstance(init, TileDynamics):
@@ -2362,7 +2373,8 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
     bytes_right = state_accuracy(model, tokens, cache, val, cfg.history)
     atomic_json(os.path.join(out, "state_accuracy.json"), bytes_right)
     extra = {"autoencoder_hash": ae_extra["hash"], "starts": tile_start(tokens, cache, cfg.history, model.addresses),
-             "state_addresses": [int(a) for a in model.addresses], "state_accuracy": bytes_right}
+             "state_addresses": [int(a) for a in model.addresses], "state_accuracy": bytes_right,
+             "state_support": model.support.clone()}
     save_checkpoint(os.path.join(out, "dynamics.pt"), "dynamics", cfg, model, **extra)
     log.plot(os.path.join(out, "dynamics_loss.png"), f"{cfg.name}: tile dynamics (cross-entropy)")
     return model, extra

@@ -128,6 +128,21 @@ def test_local_head_draws_the_next_piece_only_where_it_predicts_a_draw():
         assert set(s[:, k].tolist()) == {7, 8}
 
 
+def test_play_keeps_each_byte_to_the_values_the_game_held():
+    model = train.TileDynamics(codes=8, history=1, width=16, blocks=1, state="piece", head="local")
+    tokens, actions = torch.zeros(2, 1, 30, 32, dtype=torch.long), torch.zeros(2, 1, 8)
+    state = torch.full((2, model.state_size), 3)
+    with torch.no_grad():
+        model.state_head[-1].weight.zero_()
+        bias = model.state_head[-1].bias.view(model.state_size, 256)
+        bias.zero_()
+        bias[0, 0], bias[0, 2], bias[0, 4] = 1.0, 10.0, 5.0  # byte 0: +2 likeliest, then +4, then no change
+        assert int(model.step(tokens, state, actions, temperature=0.0)[1][0, 0]) == 5
+        model.support[0] = False
+        model.support[0, [3, 7]] = True  # the game held only 3 and 7: +2 is masked, +4 wins
+        assert int(model.step(tokens, state, actions, temperature=0.0)[1][0, 0]) == 7
+
+
 def test_piece_map_moves_with_the_piece():
     torch.manual_seed(0)
     pm = train.PieceMap(width=8)
@@ -177,6 +192,8 @@ def test_tile_run_trains_exports_evaluates_and_plays(tiny_tile_run, tiny_dataset
     state = world.start("play")
     assert state[0].shape == (1, 2, 30, 32) and state[1].shape == (1, len(train.TILE_STATES["piece"]))
     state, z = world.step(state, torch.zeros(1, 8), 1.0)
+    support = world.dynamics.support  # the values each byte held in training, from the checkpoint
+    assert support.any(1).all() and not support.all() and support[:, state[1][0]].diagonal().all()
     accuracy = json.load(open(os.path.join(tiny_tile_run, "state_accuracy.json")))  # per byte, printed by training
     assert list(accuracy["bytes"]) == world.dynamics.state_names and 0 <= accuracy["all_bytes_right"] <= 1
     assert world.rgb(z).shape == (1, 240, 256, 3) and world.decode(z).shape == (1, 1, 80, 80)
@@ -197,6 +214,13 @@ def test_tile_run_trains_exports_evaluates_and_plays(tiny_tile_run, tiny_dataset
     gif = str(tmp_path / "tiles.gif")
     result = play.main(["--checkpoint", export, "--headless", "--frames", "5", "--record", gif])
     assert result["frames"] == 5 and os.path.getsize(gif) > 0
+    prefix = str(tmp_path / "tile_play")  # --stats also logs a tile world's state bytes, frame by frame
+    play.main(["--checkpoint", export, "--headless", "--frames", "5", "--stats", prefix, "--reference", ""])
+    with open(prefix + "_state.csv") as f:
+        assert f.readline().strip() == "frame," + ",".join(n.replace(" ", "_") for n in world.dynamics.state_names)
+    rows = np.loadtxt(prefix + "_state.csv", delimiter=",", skiprows=1, dtype=int)
+    assert rows.shape == (5, 1 + world.dynamics.state_size) and rows[:, 0].tolist() == list(range(5))
+    assert ((rows[:, 1:] >= 0) & (rows[:, 1:] < 256)).all()
 
 
 def test_tile_checkpoint_errors(tiny_tile_run, tiny_run, tmp_path):
@@ -217,3 +241,16 @@ def test_tile_data_without_ram_is_a_clear_error(tiny_dataset, tmp_path):
     ds.save_to_disk(path)
     with pytest.raises(train.DatasetError, match="missing column 'ram'"):
         train.load_tiles(path, str(tmp_path / "cache"))
+
+
+def test_shipped_tile_world_plays_in_colour_inside_its_support():
+    world = train.load_world(os.path.join(os.path.dirname(__file__), "..", "checkpoints", "tiles"))
+    assert isinstance(world, train.TileWorld) and world.dynamics.head == "local" and world.dynamics.piece
+    assert not world.dynamics.support.all()  # the values each byte held in training came with the checkpoint
+    torch.manual_seed(0)
+    state = world.start("play")
+    for t in range(10):
+        state, z = world.step(state, torch.zeros(1, 8), world.default_temperature)
+        assert world.dynamics.support[torch.arange(world.dynamics.state_size), state[1][0]].all()
+    frame = world.rgb(z)[0]
+    assert frame.shape == (240, 256, 3) and len(np.unique(frame.reshape(-1, 3), axis=0)) > 3
