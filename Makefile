@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data train train-tiles train-tiles-long train-tiles-round5 train-tiles-hidden train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
+.PHONY: play test venv data train train-tiles train-tiles-screen-wide train-tiles-round6 train-tiles-long train-tiles-round5 train-tiles-hidden train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -91,14 +91,23 @@ candidate: venv
 sweeps: venv
 	for s in perceptual latent_noise capacity vae_beta multistep; do $(PY) sweep.py configs/sweeps/$$s.yaml || exit 1; done
 
-# Issue #3's round 6: the tile world that ships in checkpoints/tiles: native 8x8 tiles as codes, conv dynamics with a
-# recurrent state of RAM bytes and the falling piece, each byte embedded on its own and predicted as a change, and
-# the piece's place given to both heads as a map (configs/tetris_tiles_local.yaml; about 25 min on 2 cores).
+# Issue #3's round 7: the tile world that ships in checkpoints/tiles: native 8x8 tiles as codes, conv dynamics with a
+# recurrent state of RAM bytes (round 6's, plus the piece counts, lines and score the screen prints), each byte drawn
+# as a learnt map of where the screen shows it (configs/tetris_tiles_screen.yaml; about 22 min on 2 cores).
 train-tiles: venv
-	$(PY) train.py --config configs/tetris_tiles_local.yaml --dataset data/tetris_train --export checkpoints/tiles
+	$(PY) train.py --config configs/tetris_tiles_screen.yaml --dataset data/tetris_train --export checkpoints/tiles
+
+# Round 7, tried and not shipped: the same with a wider state head that also gets the buttons as they are.
+train-tiles-screen-wide: venv
+	$(PY) train.py --config configs/tetris_tiles_screen_wide.yaml --dataset data/tetris_train
+
+# Round 6 (shipped in checkpoints/tiles before round 7): round 6's 16 state bytes, no byte map
+# (configs/tetris_tiles_local.yaml; about 25 min).
+train-tiles-round6: venv
+	$(PY) train.py --config configs/tetris_tiles_local.yaml --dataset data/tetris_train
 
 # Round 6, tried and not shipped: 8 epochs more (better held-out rollouts, but it stalled in play), then a 4-step
-# self-fed fine-tune of that (worse everywhere). Run after make train-tiles.
+# self-fed fine-tune of that (worse everywhere). Run after make train-tiles-round6.
 train-tiles-long: venv
 	mkdir -p runs/tetris_tiles_local_long && cp runs/tetris_tiles_local/autoencoder.pt runs/tetris_tiles_local_long/
 	$(PY) train.py --config configs/tetris_tiles_local_long.yaml --dataset data/tetris_train --stage dynamics

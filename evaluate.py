@@ -475,6 +475,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="results/eval", help="writes OUT.md, OUT.json and OUT_*.png")
     p.add_argument("--cache-dir", default=".cache", help="where decoded frames are cached")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    p.add_argument("--no-tile-support", action="store_true",
+                   help="tile worlds: allow every code at every tile (default: the checkpoint's tile support, if any)")
     p.add_argument("--samples", type=int, default=5,
                    help="stochastic models: seeded samples per start for the mean-of-k and best-of-k rows (0 = none)")
     p.add_argument("--temperature", type=float, default=1.0, help="stochastic models: temperature of those samples")
@@ -503,6 +505,8 @@ def main(argv=None):
         for world in worlds.values():
             if hasattr(world, "attach"):  # tile worlds play on the dataset's native tiles and RAM
                 world.attach(args.dataset, args.cache_dir, cache.episodes)
+                if args.no_tile_support:
+                    world.drop_tile_support()
         starts = pick_starts(cache.episodes, max(args.horizons), args.starts, args.seed)
     except (CheckpointError, DatasetError) as e:
         raise SystemExit(f"error: {e}")

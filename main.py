@@ -259,6 +259,34 @@ class FrameStats:
         return self.summary(reference)
 
 
+class ContactSheet:
+    """Every `every`-th frame as shown (a tile world's native colour frames), written as one grid of numbered
+    thumbnails: a whole run at a glance, for flaws that no summary statistic names (a counter that stops, a
+    border tile gone)."""
+
+    def __init__(self, every: int, steps_per_second: int = 30, columns: int = 6):
+        self.every, self.steps_per_second, self.columns, self.frames = every, steps_per_second, columns, []
+
+    def __call__(self, t: int, frame: np.ndarray):
+        if t % self.every == 0 or t == 0:
+            self.frames.append((t, frame.copy()))
+
+    def write(self, path: str):
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        rows = -(-len(self.frames) // self.columns)
+        fig, axes = plt.subplots(rows, self.columns, figsize=(2.6 * self.columns, 2.6 * rows), squeeze=False)
+        for a in axes.flat:
+            a.axis("off")
+        for a, (t, frame) in zip(axes.flat, self.frames):
+            a.imshow(frame, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            a.set_title(f"{t / self.steps_per_second:.0f} s (frame {t})", fontsize=8)
+        fig.tight_layout()
+        save_figure(fig, path)
+        plt.close(fig)
+
+
 def nearest_real_l1(frames: np.ndarray, bank: np.ndarray, chunk: int = 256) -> np.ndarray:
     """(N, H, W) and (M, H, W) uint8 -> (N,) mean |pixel difference| in [0, 1] to the closest frame of bank."""
     ref = torch.from_numpy(bank.reshape(len(bank), -1)).float().div_(255)
@@ -346,10 +374,18 @@ def parse_args(argv=None):
     p.add_argument("--record", default=None, help="write what was shown to this .gif")
     p.add_argument("--stats", default=None, metavar="PREFIX",
                    help="write frame statistics over time (PREFIX_stats.png/.json: brightness, contrast, NaNs, and each "
-                        "second's L1 to the nearest real frame) and frames at 0/60/600 s; for a tile world also "
-                        "PREFIX_state.csv, its RAM state bytes at every frame")
+                        "second's L1 to the nearest real frame), frames at 0/60/600 s and PREFIX_sheet.png (see "
+                        "--sheet-seconds); for a tile world also PREFIX_state.csv, its RAM state bytes at every frame")
+    p.add_argument("--sheet-seconds", type=float, default=5.0,
+                   help="with --stats, also write PREFIX_sheet.png: the frame shown every this many seconds, as a grid")
     p.add_argument("--reference", default="data/tetris_train",
                    help="dataset whose real frames give the --stats ranges and the bank of real frames")
+    p.add_argument("--tile-support", default="on", choices=["on", "off"],
+                   help="tile worlds: on = keep each tile position to the codes it showed in the training data (where "
+                        "the checkpoint has them); off = allow every code everywhere")
+    p.add_argument("--state-transitions", default="on", choices=["on", "off"],
+                   help="tile worlds: on = each state byte only takes steps it took in the training data (where the "
+                        "checkpoint has them); off = any step to a value the byte held")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile: auto = on CUDA only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--benchmark", action="store_true", help="print model-only and full-loop FPS and exit")
@@ -371,6 +407,12 @@ def main(argv=None):
         world = load_world(args.checkpoint, device=args.device)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
+    for flag, value, drop in (("--tile-support", args.tile_support, "drop_tile_support"),
+                              ("--state-transitions", args.state_transitions, "drop_state_transitions")):
+        if value == "off":
+            if not isinstance(world, TileWorld):
+                raise SystemExit(f"error: {flag} off: {args.checkpoint} is not a tile world")
+            getattr(world, drop)()
     if args.flow_steps is not None:
         if not isinstance(world.dynamics, FlowDynamicsModel):
             raise SystemExit(f"error: --flow-steps: {args.checkpoint} has {type(world.dynamics).__name__}, "
@@ -391,13 +433,18 @@ def main(argv=None):
         print(json.dumps(result, indent=1))
         return result
     stats = FrameStats(args.frames or 10**9) if args.stats else None
+    if stats and args.sheet_seconds <= 0:
+        raise SystemExit(f"error: --sheet-seconds {args.sheet_seconds}: must be > 0")
+    sheet = ContactSheet(max(1, round(args.sheet_seconds * 30))) if stats else None
     recorded = [] if args.record else None
-    on_frame = stats
+    on_frame = None
     trace = [] if stats and isinstance(world, TileWorld) else None
-    if trace is not None:
-        def on_frame(t, frame):  # scored as the 80x80 grayscale pipeline sees a frame; the state bytes logged
-            stats(t, to_gray80(frame[None])[0])
-            trace.append([t] + env.state[1][0].tolist())
+    if stats:
+        def on_frame(t, frame):  # a tile world's frame is scored as the 80x80 grayscale pipeline sees it
+            stats(t, to_gray80(frame[None])[0] if trace is not None else frame)
+            sheet(t, frame)
+            if trace is not None:  # and its state bytes are logged
+                trace.append([t] + env.state[1][0].tolist())
     result = Game(env, args.headless, args.fps).run(args.frames, action_source(args.actions, args.seed),
                                                     recorded, on_frame)
     temp = f", temperature {env.temperature:g}" if world.stochastic else ""
@@ -409,6 +456,7 @@ def main(argv=None):
     if stats:
         reference = reference_ranges(args.reference, world.image_size)
         report = stats.report(args.stats, reference)
+        sheet.write(args.stats + "_sheet.png")
         given = sys.argv[1:] if argv is None else argv
         report |= {"fps": result["fps"], "command": "python main.py " + " ".join(given)}
         with open(args.stats + "_stats.json", "w") as f:

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from collect import ACTION_NAMES
+from collect import ACTION_NAMES, GAME_MODE
 
 # ----------------------------------------------------------------------------- config
 @dataclass
@@ -113,6 +113,11 @@ class Config:
     tile_codes: int = 1024             # tiles arch: codes of the tile codebook (NES Tetris shows about 820 distinct tiles)
     tile_state: str = "hidden"         # tile dynamics: the RAM bytes of their recurrent state (see TILE_STATES): hidden
                                        # (13 the screen does not show) | piece (those and the falling piece's x, y, rotation)
+    state_width: int = 0               # tile dynamics: width of the state head's hidden layers (0 = 4 x hidden)
+    state_buttons: int = 0             # tile dynamics: 1 = the state head also gets the buttons of the last `history`
+                                       # frames as they are, not only inside the summed state vector
+    tile_byte_map: int = 0             # tile dynamics: 1 = every state byte also drawn as a learnt map of where the
+                                       # screen shows it (ByteMap; round 7), for the trunk and the tile head
     tile_head: str = "pooled"          # tile dynamics' state head: pooled (round 5: the bytes summed into one vector,
                                        # the map pooled, each next byte predicted outright) | local (each byte's own
                                        # embedding, attention pooling of the map, the change of each byte predicted,
@@ -129,6 +134,12 @@ class Config:
             raise ValueError(f"tile_state must be one of {sorted(TILE_STATES)}, not {self.tile_state!r}")
         if self.tile_head not in ("pooled", "local"):
             raise ValueError(f"tile_head must be pooled or local, not {self.tile_head!r}")
+        if self.state_width < 0 or self.state_buttons not in (0, 1):
+            raise ValueError(f"state_width must be >= 0 and state_buttons 0 or 1 (not {self.state_width}, "
+                             f"{self.state_buttons})")
+        if self.tile_byte_map not in (0, 1) or (self.tile_byte_map and self.tile_head != "local"):
+            raise ValueError(f"tile_byte_map must be 0 or 1, and 1 needs tile_head local (not {self.tile_byte_map} "
+                             f"with {self.tile_head!r})")
         if (self.ae_arch == "tiles") != (self.dynamics == "tiles"):
             raise ValueError(f"ae_arch tiles and dynamics tiles go together (not {self.ae_arch} with {self.dynamics}): "
                              f"tile dynamics predict the tile autoencoder's codes")
@@ -1155,6 +1166,12 @@ TILE_STATES = {  # Config.tile_state -> (name, RAM address) of each byte of the 
     # ... and the falling piece's column, row and rotation: the screen shows them, but a piece carried in the
     # state cannot lose a block or leave one behind, and the tile head only draws it
     "piece": _HIDDEN + (("piece x", 0x40), ("piece y", 0x41), ("piece orientation", 0x42)),
+    # ... and the numbers the screen prints (round 7): each piece type's count (statistics, low BCD byte; the high
+    # byte stays 0 in games this short), the lines and the score, so a counter is a byte the state head adds to and
+    # the tile head only draws, rather than digits the tile head must learn to count on screen
+    "screen": _HIDDEN + (("piece x", 0x40), ("piece y", 0x41), ("piece orientation", 0x42))
+    + tuple((f"count {p}", 0x3F0 + 2 * i) for i, p in enumerate("TJZOSLI"))
+    + (("lines", 0x50), ("lines hi", 0x51), ("score lo", 0x53), ("score mid", 0x54), ("score hi", 0x55)),
 }
 
 
@@ -1228,6 +1245,24 @@ class PieceMap(nn.Module):
         return self.mlp(m.permute(0, 3, 1, 2))
 
 
+class ByteMap(nn.Module):
+    """Every state byte drawn where the screen shows it, as a map (B, width, 30, 32) from the bytes (B, S): byte s
+    with value v adds a learnt embedding E[s, v] (width) at each tile, scaled by a learnt weight of that byte at that
+    tile. The weights start at 0 (the map adds nothing until training finds where a byte is shown); a counter's
+    digits, the preview's piece and the level can then be drawn from the byte at the tiles that show it, instead of
+    from one vector broadcast to the whole screen."""
+
+    def __init__(self, state_size: int, width: int):
+        super().__init__()
+        self.embed = nn.Embedding(state_size * 256, width)
+        self.where = nn.Parameter(torch.zeros(state_size, TILE_ROWS * TILE_COLS))
+        self.register_buffer("offsets", torch.arange(state_size) * 256, persistent=False)
+
+    def forward(self, state):
+        e = self.embed(state.long() + self.offsets)  # (B, S, width)
+        return torch.einsum("bsw,sk->bwk", e, self.where).view(len(state), -1, TILE_ROWS, TILE_COLS)
+
+
 class TileDynamics(nn.Module):
     """Next tile codes and next hidden state from the last `history` code maps, the hidden state and the buttons.
 
@@ -1243,12 +1278,17 @@ class TileDynamics(nn.Module):
     embedding and 4 attention-pooled reads of the map (where the piece is, whether it is blocked), predicts each
     byte's change mod 256 (so a counter's +2 and a byte that stays are each one value to learn), and, where the
     state holds the piece's column, row and orientation, adds the piece's place as a map (PieceMap) to the trunk's
-    input and the next state's piece map to the tile head's, so the tile head is told where to draw it."""
+    input and the next state's piece map to the tile head's, so the tile head is told where to draw it.
+
+    byte_map=True (round 7) also draws every byte where it is shown (ByteMap), for the trunk (the current state) and
+    the tile head (the next state). The tile support (tile_support, set by training from the codes each tile
+    position showed in the training data, per game mode) keeps play from putting a code where the game never did:
+    a border tile stays a border tile."""
 
     stochastic = True
 
     def __init__(self, codes: int, history: int = 2, width: int = 48, blocks: int = 8, state="hidden",
-                 head: str = "pooled"):
+                 head: str = "pooled", byte_map: bool = False, state_width: int = 0, state_buttons: bool = False):
         super().__init__()
         spec = TILE_STATES[state] if isinstance(state, str) else state  # a name, or ((name, address), ...)
         self.state_names = [name for name, _ in spec]
@@ -1273,8 +1313,14 @@ class TileDynamics(nn.Module):
                 self.piece_map, self.next_piece_map = PieceMap(width), PieceMap(width)
         else:
             self.piece = None
-        self.state_head = nn.Sequential(nn.Linear(head_in, 4 * width), nn.GELU(), nn.Linear(4 * width, 4 * width),
-                                        nn.GELU(), nn.Linear(4 * width, state_size * 256))
+        self.state_buttons = state_buttons
+        head_in += 8 * history if state_buttons else 0
+        sw = state_width or 4 * width
+        self.state_head = nn.Sequential(nn.Linear(head_in, sw), nn.GELU(), nn.Linear(sw, sw), nn.GELU(),
+                                        nn.Linear(sw, state_size * 256))
+        self.byte_map = byte_map
+        if byte_map:
+            self.byte_map_now, self.byte_map_next = ByteMap(state_size, width), ByteMap(state_size, width)
         self.out_blocks = nn.Sequential(ResBlock2d(width, 1), ResBlock2d(width, 2))
         self.out_norm = nn.GroupNorm(8, width)
         self.out = nn.Linear(width, codes)  # per tile; training scores only a sample of the unchanged tiles
@@ -1283,12 +1329,23 @@ class TileDynamics(nn.Module):
         # the values each byte held in the training data (S, 256); play never moves a byte to any other value.
         # Set by training and stored in the checkpoint (state_support); all allowed until then
         self.register_buffer("support", torch.ones(state_size, 256, dtype=torch.bool), persistent=False)
+        # and the steps each byte took there (S, 256 from, 256 to): play never makes a step the game never made
+        # (a falling L turning into an I). Set by training and stored in the checkpoint (state_transitions)
+        self.register_buffer("transitions", torch.ones(state_size, 256, 256, dtype=torch.bool), persistent=False)
         # the state bytes play samples (the rest it takes at their likeliest): the next piece, where it is one
         self.random_state = [i for i, name in enumerate(self.state_names) if name == "next piece"]
+        # the codes each tile position showed in the training data, per game mode (M, 960, codes), and the modes
+        # (M,); play keeps every tile inside the row of the next state's mode (all codes allowed for a mode not
+        # seen, or until training sets it). Stored in the checkpoint as tile_support
+        self.mode = self.state_names.index("game mode") if "game mode" in self.state_names else None
+        self.register_buffer("tile_support", torch.ones(0, TILE_ROWS * TILE_COLS, codes, dtype=torch.bool),
+                             persistent=False)
+        self.register_buffer("tile_support_modes", torch.zeros(0, dtype=torch.long), persistent=False)
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int = 0) -> "TileDynamics":
-        return cls(cfg.tile_codes, cfg.history, cfg.hidden, cfg.conv_blocks, cfg.tile_state, cfg.tile_head)
+        return cls(cfg.tile_codes, cfg.history, cfg.hidden, cfg.conv_blocks, cfg.tile_state, cfg.tile_head,
+                   bool(cfg.tile_byte_map), cfg.state_width, bool(cfg.state_buttons))
 
     def _state_vector(self, table, state):
         return table(state.long() + self.offsets).sum(1)  # (B, width)
@@ -1311,12 +1368,18 @@ class TileDynamics(nn.Module):
         x = self.embed(tokens).permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, K * width, 30, 32)
         g = self._state_vector(self.state_embed, state) + self.buttons(a_hist.flatten(1).float())
         x = self.inp(x) + self.pos + g[:, :, None, None]
-        h = self.blocks(x + self._piece_map(self.piece_map, state) if self.piece else x)
+        if self.piece:
+            x = x + self._piece_map(self.piece_map, state)
+        if self.byte_map:
+            x = x + self.byte_map_now(state)
+        h = self.blocks(x)
         pooled = [h.mean((2, 3)), h.amax((2, 3)), g]
         if self.head == "local":
             attention = torch.softmax(self.attend(h).flatten(2), -1)  # (B, 4, 960)
             pooled += [torch.einsum("bak,bwk->baw", attention, h.flatten(2)).flatten(1),
                        self.byte_embed(state.long() + self.offsets).flatten(1)]
+        if self.state_buttons:
+            pooled.append(a_hist.flatten(1).float())
         return h, self.state_head(torch.cat(pooled, dim=1)).view(b, self.state_size, 256)
 
     def tile_features(self, h, next_state):
@@ -1324,6 +1387,8 @@ class TileDynamics(nn.Module):
         h = h + self._state_vector(self.next_state_embed, next_state)[:, :, None, None]
         if self.piece:
             h = h + self._piece_map(self.next_piece_map, next_state)
+        if self.byte_map:
+            h = h + self.byte_map_next(next_state)
         h = self.out_blocks(h)
         return F.gelu(self.out_norm(h)).flatten(2).transpose(1, 2)
 
@@ -1374,7 +1439,8 @@ class TileDynamics(nn.Module):
         then the likeliest code of every tile given it."""
         h, state_logits = self.trunk(tokens, state, a_hist)
         values = self.next_state(state[:, :, None], torch.arange(256, device=state.device))  # (B, S, 256)
-        allowed = self.support[torch.arange(self.state_size, device=state.device)[:, None], values]
+        byte = torch.arange(self.state_size, device=state.device)[:, None]
+        allowed = self.support[byte, values] & self.transitions[byte, state.long()[:, :, None], values]
         state_logits = state_logits.masked_fill(~allowed, float("-inf"))
         classes = state_logits.argmax(-1)
         if temperature > 0:  # only the piece draw is random in the game; sampling the timers too breaks play
@@ -1387,7 +1453,42 @@ class TileDynamics(nn.Module):
             probs = torch.softmax(logits, -1)
             classes[:, self.random_state] = torch.multinomial(probs.flatten(0, 1), 1).view(len(state), -1)
         next_state = self.next_state(state, classes)
-        return self.tile_logits(h, tokens, next_state).argmax(1), next_state.to(state.dtype)
+        logits = self.tile_logits(h, tokens, next_state)
+        allowed = self.allowed_tiles(next_state)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        return logits.argmax(1), next_state.to(state.dtype)
+
+    def allowed_tiles(self, next_state):
+        """(B, codes, 30, 32) bool: the codes the tile support allows at each tile in the next state's game mode,
+        or None where there is no support (older checkpoints) or the model has no game-mode byte."""
+        if not len(self.tile_support_modes) or self.mode is None:
+            return None
+        hit = next_state[:, self.mode, None].long() == self.tile_support_modes  # (B, M)
+        rows = self.tile_support[hit.float().argmax(1)]  # (B, 960, codes)
+        rows = torch.where(hit.any(1)[:, None, None], rows, torch.ones_like(rows))
+        return rows.transpose(1, 2).reshape(len(next_state), self.codes, TILE_ROWS, TILE_COLS)
+
+    def set_tile_support(self, tokens, modes, static_share: float = 0.99):
+        """tokens (N, 30, 32) codes and modes (N,) game-mode bytes of training frames -> tile_support: each tile
+        position's codes in each mode; where one code holds at least `static_share` of a mode's frames, that code
+        alone (the static screen: its other codes come from the few frames where the mode byte has changed and the
+        screen is still being redrawn, and letting play use them let labels lose letters within 10 minutes)."""
+        values = torch.unique(modes)
+        n_tiles = TILE_ROWS * TILE_COLS
+        flat = tokens.flatten(1).long()
+        pos = torch.arange(n_tiles)[None].expand_as(flat)
+        support = torch.zeros(len(values), n_tiles, self.codes, dtype=torch.bool)
+        for i, m in enumerate(values):
+            sel = modes == m
+            counts = torch.bincount((pos[sel] * self.codes + flat[sel]).flatten(), minlength=n_tiles * self.codes)
+            counts = counts.view(n_tiles, self.codes)
+            top, code = counts.max(1)
+            support[i] = counts > 0
+            static = top >= static_share * counts.sum(1)
+            support[i, static] = False
+            support[i, static, code[static]] = True
+        self.tile_support, self.tile_support_modes = support, values.long()
 
 
 AUTOENCODERS["tiles"] = TileAutoencoder
@@ -1439,6 +1540,14 @@ class TileWorld:
         world.autoencoder_hash = ae_ckpt.get("hash")
         world.default_temperature = float(config_from(dyn_ckpt).temperature)
         return world
+
+    def drop_tile_support(self):
+        """Play without the tile support (every code allowed at every tile), to measure what it does."""
+        self.dynamics.tile_support_modes = self.dynamics.tile_support_modes[:0]
+
+    def drop_state_transitions(self):
+        """Play without the state transitions (any step to a value the byte held), to measure what they do."""
+        self.dynamics.transitions = torch.ones_like(self.dynamics.transitions)
 
     @torch.no_grad()
     def rgb(self, z) -> np.ndarray:
@@ -1720,6 +1829,18 @@ def load_world(directory: str = "checkpoints/tetris", device: str = "cpu"):
     return (TileWorld if config_from(ae).ae_arch == "tiles" else WorldModel).load(directory, device)
 
 
+def pack_bits(mask: torch.Tensor) -> dict:
+    """A bool tensor as 1 bit an entry (its last axis packed), for the checkpoint: the tile support is 5 MB as bools."""
+    return {"bits": torch.from_numpy(np.packbits(mask.cpu().numpy(), axis=-1)), "shape": list(mask.shape)}
+
+
+def unpack_bits(packed) -> torch.Tensor:
+    """pack_bits' inverse (a plain bool tensor, as written before packing, passes through)."""
+    if isinstance(packed, torch.Tensor):
+        return packed.bool()
+    return torch.from_numpy(np.unpackbits(packed["bits"].numpy(), axis=-1, count=packed["shape"][-1]).astype(bool))
+
+
 def load_model(path: str, kind: str, latent_dim: int | None = None):
     """-> (model in eval mode, float32, on the CPU; the checkpoint dict)."""
     ckpt = read_checkpoint(path, kind)
@@ -1736,6 +1857,11 @@ def load_model(path: str, kind: str, latent_dim: int | None = None):
                               f"{str(e).splitlines()[0]}") from None
     if "state_support" in ckpt and hasattr(model, "support"):
         model.support.copy_(ckpt["state_support"])
+    if "state_transitions" in ckpt and hasattr(model, "transitions"):
+        model.transitions = unpack_bits(ckpt["state_transitions"])
+    if "tile_support" in ckpt and hasattr(model, "tile_support"):
+        model.tile_support = unpack_bits(ckpt["tile_support"])
+        model.tile_support_modes = ckpt["tile_support_modes"].long()
     return model.eval(), ckpt
 
 
@@ -2296,6 +2422,11 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
     seen = ram_state(cache.ram[np.concatenate([train_rows, train_rows + 1])], model.addresses)
     model.support.zero_()
     model.support[torch.arange(model.state_size)[None], torch.from_numpy(seen).long()] = True
+    before = torch.from_numpy(ram_state(cache.ram[train_rows], model.addresses)).long()
+    after = torch.from_numpy(ram_state(cache.ram[train_rows + 1], model.addresses)).long()
+    model.transitions.zero_()
+    model.transitions[torch.arange(model.state_size)[None], before, after] = True
+    model.transitions |= ~model.transitions.any(-1, keepdim=True)  # from a value never left in training: any step
     if cfg.init_dynamics:
         init, init_ckpt = load_model(cfg.init_dynamics, "dynamics")
         if init_ckpt.get("autoencoder_hash") != ae_extra["hash"] or not isinstance(init, TileDynamics):
@@ -2307,7 +2438,8 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: does not fit: {str(e).splitlines()[0]}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.dyn_lr, weight_decay=0.01)
     state_path = os.path.join(out, "dynamics_state.pt")
-    resume = _resume_state(state_path, cfg, DYN_KEYS + ["tile_codes", "tile_state", "tile_head"])
+    resume = _resume_state(state_path, cfg, DYN_KEYS + ["tile_codes", "tile_state", "tile_head", "tile_byte_map",
+                                                         "state_width", "state_buttons"])
     log = RunLog(os.path.join(out, "dynamics_log.jsonl"), resume is not None)
     start = 0
     if resume:
@@ -2348,7 +2480,8 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
             n += 1
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(changed_acc=f"{sums['changed_tile_acc'] / n:.3f}", state_acc=f"{sums['state_acc'] / n:.3f}")
+            bar.set_postfix(changed_acc=f"{sums['changed_tile_acc'] / n:.3f}", state_acc=f"{sums['state_acc'] / n:.3f}",
+                            refresh=False)
         sched.step()
         model.eval()
         vsums, vn = {}, 0
@@ -2372,9 +2505,12 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
     model.eval()
     bytes_right = state_accuracy(model, tokens, cache, val, cfg.history)
     atomic_json(os.path.join(out, "state_accuracy.json"), bytes_right)
+    seen_rows = torch.from_numpy(np.unique(np.concatenate([train_rows, train_rows + 1]))).long()
+    model.set_tile_support(tokens[seen_rows], torch.from_numpy(cache.ram[seen_rows.numpy(), GAME_MODE]).long())
     extra = {"autoencoder_hash": ae_extra["hash"], "starts": tile_start(tokens, cache, cfg.history, model.addresses),
              "state_addresses": [int(a) for a in model.addresses], "state_accuracy": bytes_right,
-             "state_support": model.support.clone()}
+             "state_support": model.support.clone(), "state_transitions": pack_bits(model.transitions),
+             "tile_support": pack_bits(model.tile_support), "tile_support_modes": model.tile_support_modes.clone()}
     save_checkpoint(os.path.join(out, "dynamics.pt"), "dynamics", cfg, model, **extra)
     log.plot(os.path.join(out, "dynamics_loss.png"), f"{cfg.name}: tile dynamics (cross-entropy)")
     return model, extra
