@@ -268,7 +268,7 @@ class ContactSheet:
         self.every, self.steps_per_second, self.columns, self.frames = every, steps_per_second, columns, []
 
     def __call__(self, t: int, frame: np.ndarray):
-        if t % self.every == 0 or t == 0:
+        if t % self.every == 0:
             self.frames.append((t, frame.copy()))
 
     def write(self, path: str):
