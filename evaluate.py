@@ -502,11 +502,13 @@ def main(argv=None):
         worlds = {os.path.normpath(c): load_world(c) for c in args.checkpoint}
         first = next(iter(worlds.values()))
         cache = load_frames(args.dataset, first.image_size, args.cache_dir)
-        for world in worlds.values():
+        for name, world in worlds.items():
             if hasattr(world, "attach"):  # tile worlds play on the dataset's native tiles and RAM
                 world.attach(args.dataset, args.cache_dir, cache.episodes)
                 if args.no_tile_support:
                     world.drop_tile_support()
+            elif args.no_tile_support:
+                raise SystemExit(f"error: --no-tile-support: {name} is not a tile world")
         starts = pick_starts(cache.episodes, max(args.horizons), args.starts, args.seed)
     except (CheckpointError, DatasetError) as e:
         raise SystemExit(f"error: {e}")

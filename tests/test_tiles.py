@@ -250,7 +250,7 @@ def test_tile_run_trains_exports_evaluates_and_plays(tiny_tile_run, tiny_dataset
         assert dyn.allowed_tiles(state[1]).gather(1, z[:, None]).all()
 
 
-def test_tile_checkpoint_errors(tiny_tile_run, tiny_run, tmp_path):
+def test_tile_checkpoint_errors(tiny_tile_run, tiny_run, tiny_dataset, tmp_path):
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     os.symlink(os.path.join(tiny_tile_run, "export", "autoencoder.pt"), mixed / "autoencoder.pt")
@@ -264,6 +264,11 @@ def test_tile_checkpoint_errors(tiny_tile_run, tiny_run, tmp_path):
     import main as play
     with pytest.raises(SystemExit, match="--tile-support off: .* is not a tile world"):
         play.main(["--checkpoint", os.path.join(tiny_run, "export"), "--headless", "--tile-support", "off"])
+    import evaluate
+    with pytest.raises(SystemExit, match="--no-tile-support: .* is not a tile world"):
+        evaluate.main(["--dataset", tiny_dataset, "--checkpoint", os.path.join(tiny_run, "export"),
+                       "--no-tile-support", "--no-plots", "--out", str(tmp_path / "e"),
+                       "--cache-dir", os.path.join(tiny_run, "cache")])
     with pytest.raises(SystemExit, match="--sheet-seconds 0.0: must be > 0"):
         play.main(["--checkpoint", os.path.join(tiny_tile_run, "export"), "--headless", "--frames", "2",
                    "--stats", str(tmp_path / "s"), "--sheet-seconds", "0"])
