@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data train train-tiles train-tiles-screen-wide train-tiles-round6 train-tiles-long train-tiles-round5 train-tiles-hidden train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
+.PHONY: play test venv data train train-tiles train-tiles-round7 train-tiles-head-other train-tiles-screen-wide train-tiles-round6 train-tiles-long train-tiles-round5 train-tiles-hidden train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -91,11 +91,28 @@ candidate: venv
 sweeps: venv
 	for s in perceptual latent_noise capacity vae_beta multistep; do $(PY) sweep.py configs/sweeps/$$s.yaml || exit 1; done
 
-# Issue #3's round 7: the tile world that ships in checkpoints/tiles: native 8x8 tiles as codes, conv dynamics with a
-# recurrent state of RAM bytes (round 6's, plus the piece counts, lines and score the screen prints), each byte drawn
-# as a learnt map of where the screen shows it (configs/tetris_tiles_screen.yaml; about 22 min on 2 cores).
+# Issue #3's round 8: the tile world that ships in checkpoints/tiles. First round 7: native 8x8 tiles as codes, conv
+# dynamics with a recurrent state of RAM bytes (round 6's, plus the piece counts, lines and score the screen prints),
+# each byte drawn as a learnt map of where the screen shows it (configs/tetris_tiles_screen.yaml; about 22 min on 2
+# cores). Then round 8: a wider state head fitted alone on round 7's frozen trunk, every training row each epoch, and
+# the play rules learnt from the data; the head also reads the board around the piece
+# (configs/tetris_tiles_head_local.yaml; about 11 min, 4 of them the trunk's features, then cached).
 train-tiles: venv
-	$(PY) train.py --config configs/tetris_tiles_screen.yaml --dataset data/tetris_train --export checkpoints/tiles
+	$(PY) train.py --config configs/tetris_tiles_screen.yaml --dataset data/tetris_train
+	mkdir -p runs/tetris_tiles_head_local && cp runs/tetris_tiles_screen/autoencoder.pt runs/tetris_tiles_head_local/
+	$(PY) train.py --config configs/tetris_tiles_head_local.yaml --dataset data/tetris_train --stage dynamics --export checkpoints/tiles
+
+# Round 7 alone (shipped in checkpoints/tiles before round 8): the first line of make train-tiles, exported.
+train-tiles-round7: venv
+	$(PY) train.py --config configs/tetris_tiles_screen.yaml --dataset data/tetris_train --export runs/tetris_tiles_screen/export
+
+# Round 8, tried and not shipped: the state head fitted without the board window around the piece, and with dropout
+# on its input. Run after make train-tiles (they reuse its cached trunk features).
+train-tiles-head-other: venv
+	mkdir -p runs/tetris_tiles_head runs/tetris_tiles_head_dropout
+	cp runs/tetris_tiles_screen/autoencoder.pt runs/tetris_tiles_head/ && cp runs/tetris_tiles_screen/autoencoder.pt runs/tetris_tiles_head_dropout/
+	$(PY) train.py --config configs/tetris_tiles_head.yaml --dataset data/tetris_train --stage dynamics
+	$(PY) train.py --config configs/tetris_tiles_head_dropout.yaml --dataset data/tetris_train --stage dynamics
 
 # Round 7, tried and not shipped: the same with a wider state head that also gets the buttons as they are.
 train-tiles-screen-wide: venv

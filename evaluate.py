@@ -477,6 +477,11 @@ def parse_args(argv=None):
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     p.add_argument("--no-tile-support", action="store_true",
                    help="tile worlds: allow every code at every tile (default: the checkpoint's tile support, if any)")
+    p.add_argument("--no-byte-tiles", action="store_true",
+                   help="tile worlds: roll out without the byte tiles (digits and preview drawn by the tile head)")
+    p.add_argument("--no-piece-rule", action="store_true",
+                   help="tile worlds: roll out without the piece rule (the falling piece drawn whole where its bytes "
+                        "put it, nothing else changing while it falls)")
     p.add_argument("--samples", type=int, default=5,
                    help="stochastic models: seeded samples per start for the mean-of-k and best-of-k rows (0 = none)")
     p.add_argument("--temperature", type=float, default=1.0, help="stochastic models: temperature of those samples")
@@ -507,8 +512,15 @@ def main(argv=None):
                 world.attach(args.dataset, args.cache_dir, cache.episodes)
                 if args.no_tile_support:
                     world.drop_tile_support()
-            elif args.no_tile_support:
-                raise SystemExit(f"error: --no-tile-support: {name} is not a tile world")
+                if args.no_piece_rule:
+                    world.drop_piece_rule()
+                if args.no_byte_tiles:
+                    world.drop_byte_tiles()
+            elif args.no_tile_support or args.no_piece_rule or args.no_byte_tiles:
+                flag = next(f for f, on in (("--no-tile-support", args.no_tile_support),
+                                            ("--no-piece-rule", args.no_piece_rule),
+                                            ("--no-byte-tiles", args.no_byte_tiles)) if on)
+                raise SystemExit(f"error: {flag}: {name} is not a tile world")
         starts = pick_starts(cache.episodes, max(args.horizons), args.starts, args.seed)
     except (CheckpointError, DatasetError) as e:
         raise SystemExit(f"error: {e}")

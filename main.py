@@ -383,6 +383,17 @@ def parse_args(argv=None):
     p.add_argument("--tile-support", default="on", choices=["on", "off"],
                    help="tile worlds: on = keep each tile position to the codes it showed in the training data (where "
                         "the checkpoint has them); off = allow every code everywhere")
+    p.add_argument("--piece-rule", default="on", choices=["on", "off"],
+                   help="tile worlds: on = draw the falling piece whole where its state bytes put it, never step it onto a "
+                        "stacked block, and change nothing else while it falls, locks or spawns (where the checkpoint "
+                        "has the rule, learnt from the training data); off = the tile head alone draws every tile")
+    p.add_argument("--byte-tiles", default="on", choices=["on", "off"],
+                   help="tile worlds: on = draw the tiles that the state's bytes decide (digits, the level's colours, "
+                        "the preview) from the bytes (where the checkpoint has them); off = the tile head draws them")
+    p.add_argument("--phase-steps", default="on", choices=["on", "off"],
+                   help="tile worlds: on = the bytes of the game's phase (play state, line-clear counters, game mode) "
+                        "move together, only along steps the training data took, and the falling piece keeps to the "
+                        "columns and rows the data showed for its orientation (where the checkpoint has them)")
     p.add_argument("--state-transitions", default="on", choices=["on", "off"],
                    help="tile worlds: on = each state byte only takes steps it took in the training data (where the "
                         "checkpoint has them); off = any step to a value the byte held")
@@ -408,6 +419,9 @@ def main(argv=None):
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
     for flag, value, drop in (("--tile-support", args.tile_support, "drop_tile_support"),
+                              ("--piece-rule", args.piece_rule, "drop_piece_rule"),
+                              ("--byte-tiles", args.byte_tiles, "drop_byte_tiles"),
+                              ("--phase-steps", args.phase_steps, "drop_phase_steps"),
                               ("--state-transitions", args.state_transitions, "drop_state_transitions")):
         if value == "off":
             if not isinstance(world, TileWorld):

@@ -291,12 +291,24 @@ def test_shipped_tile_world_plays_in_colour_inside_its_support():
     # the values each byte held in training, the steps it took and each tile's codes came with the checkpoint
     assert not dyn.support.all() and not dyn.transitions.all() and not dyn.tile_support.all()
     assert 4 in dyn.tile_support_modes.tolist()  # the playing screen's tile support is there
+    # round 8: the state head reads the board around the piece, and the play rules came with the checkpoint
+    assert dyn.local_board and dyn.state_head[0].out_features == 512
+    assert dyn.piece_rule["origin"].tolist() == [6, 12] and len(dyn.byte_tiles["positions"]) > 40
+    assert dyn.phase_steps is not None and dyn.piece_support is not None
     torch.manual_seed(0)
     state = world.start("play")
-    for t in range(10):
+    ps = dyn.state_names.index("play state")
+    for t in range(40):
+        before = state
         state, z = world.step(state, torch.zeros(1, 8), world.default_temperature)
         assert world.dynamics.support[torch.arange(world.dynamics.state_size), state[1][0]].all()
         assert dyn.allowed_tiles(state[1]).gather(1, z[:, None]).all()
+        if int(state[1][0, ps]) == train.FALLING_STATE:  # the piece is drawn whole, in the codes pieces showed
+            cells = dyn.piece_tiles(state[1])[0]
+            assert dyn.piece_rule["codes"][z[0][cells]].all()
+        if int(before[1][0, ps]) == int(state[1][0, ps]) == train.FALLING_STATE:  # the rest of the board stood still
+            moved = (z[0] != before[0][0, -1]) & ~dyn.piece_tiles(state[1])[0] & ~dyn.piece_tiles(before[1])[0]
+            assert not moved[6:26, 12:22].any()
     frame = world.rgb(z)[0]
     assert frame.shape == (240, 256, 3) and len(np.unique(frame.reshape(-1, 3), axis=0)) > 3
 
@@ -385,3 +397,221 @@ def test_play_keeps_each_tile_to_the_codes_its_position_showed():
     state[0, mode] = 4
     model.tile_support_modes = model.tile_support_modes[:0]  # what TileWorld.drop_tile_support does
     assert int(model.step(tokens, state, actions, temperature=0.0)[0][0, 0, 0]) == 5
+
+
+def test_state_head_fit_trains_only_the_state_head_on_the_frozen_trunk(tiny_tile_run, tiny_dataset, tmp_path):
+    import shutil
+    import main as play
+    out = tmp_path / "head"
+    out.mkdir()
+    shutil.copy(os.path.join(tiny_tile_run, "autoencoder.pt"), out / "autoencoder.pt")
+    init = os.path.join(tiny_tile_run, "dynamics.pt")
+    args = ["--dataset", tiny_dataset, "--out", str(out), "--stage", "dynamics", "--ae-arch", "tiles",
+            "--dynamics", "tiles", "--history", "2", "--hidden", "16", "--conv-blocks", "2", "--tile-state", "screen",
+            "--tile-head", "local", "--tile-byte-map", "1", "--state-width", "24", "--state-buttons", "1",
+            "--tile-fit", "state_head", "--epochs", "2", "--batch-size", "16", "--dyn-change-weight", "4",
+            "--cache-dir", os.path.join(tiny_tile_run, "cache")]
+    with pytest.raises(SystemExit, match="--init-dynamics"):
+        train.main(args)
+    assert not os.path.exists(out / "dynamics.pt")
+    train.main(args + ["--init-dynamics", init])
+    before, _ = train.load_model(init, "dynamics")
+    after, _ = train.load_model(str(out / "dynamics.pt"), "dynamics")
+    old, new = before.state_dict(), after.state_dict()
+    frozen = [k for k in new if not k.startswith(("state_head.", "byte_embed."))]
+    assert frozen and all(torch.equal(old[k], new[k]) for k in frozen)  # the trunk and the tile head are init's
+    assert after.state_head[0].out_features == 24 and before.state_head[0].out_features == 32
+    assert not torch.equal(old["byte_embed.weight"], new["byte_embed.weight"])  # the head's embeddings trained
+    log = [json.loads(line) for line in open(out / "dynamics_log.jsonl")]
+    assert [r["epoch"] for r in log] == [1, 2] and all(0 <= r["val_all_bytes_right"] <= 1 for r in log)
+    assert len(after.tile_support_modes) and not after.transitions.all()  # the play masks, as a full run has them
+    train.main(args + ["--init-dynamics", init])  # done: resumes at epoch 2 and trains nothing more
+    assert len(open(out / "dynamics_log.jsonl").readlines()) == 2
+    assert torch.equal(train.load_model(str(out / "dynamics.pt"), "dynamics")[0].state_head[0].weight,
+                       after.state_head[0].weight)
+    with pytest.raises(SystemExit, match="tile-head local"):
+        pooled = {"local": "pooled", "1": "0"}  # a pooled head, so no byte map (and no raw buttons)
+        train.main([pooled.get(a, a) for a in args] + ["--init-dynamics", init, "--out", str(out)])
+    result = play.main(["--checkpoint", str(out), "--headless", "--frames", "3"])
+    assert result["frames"] == 3
+
+
+def test_piece_rule_draws_the_piece_whole_clears_its_trail_and_keeps_the_rest():
+    torch.manual_seed(0)
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="screen", head="local")
+    names = model.state_names
+    cells = torch.full((256, 4, 2), -100, dtype=torch.long)
+    cells[3] = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])  # orientation 3: a 2x2 square
+    n = train.TILE_ROWS * train.TILE_COLS
+    empty = torch.full((n,), -1, dtype=torch.long)
+    board = torch.tensor([(r + 6) * train.TILE_COLS + c + 12 for r in range(20) for c in range(10)])
+    empty[board] = 0
+    codes = torch.zeros(20, dtype=torch.bool)
+    codes[[5, 6]] = True
+    model.piece_rule = {"cells": cells, "origin": torch.tensor([6, 12]), "board": torch.tensor([20, 10]),
+                        "codes": codes, "empty": empty,  # the phase bytes all 0 but the play state: falling, or a spawn
+                        "copy_pairs": torch.tensor([[[1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]],
+                                                    [[8, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]]]),
+                        "copy_masks": torch.stack([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])}
+    state = torch.zeros(1, len(names), dtype=torch.long)
+    state[0, names.index("play state")], state[0, names.index("piece orientation")] = 1, 3
+    state[0, names.index("piece x")], state[0, names.index("piece y")] = 4, 5
+    nxt = state.clone()
+    nxt[0, names.index("piece y")] = 6  # it falls a row
+    last = torch.randint(7, 20, (1, 30, 32))
+    logits = torch.randn(1, 20, 30, 32)
+    logits[:, 9] = 50.0  # the tile head's favourite everywhere: code 9, which no piece shows
+    z = model.apply_piece_rule(logits, last, state, nxt)[0]
+    new = {(6 + 6, 16), (6 + 6, 17), (6 + 7, 16), (6 + 7, 17)}
+    left = {(6 + 5, 16), (6 + 5, 17)}
+    for r in range(30):
+        for c in range(32):
+            want = 9 if (r, c) in new else 0 if (r, c) in left else int(last[0, r, c])
+            if (r, c) in new:
+                assert int(z[r, c]) in (5, 6)  # a piece code, though the head liked 9 better
+            else:
+                assert int(z[r, c]) == want, (r, c)
+    assert model.piece_tiles(nxt)[0].sum() == 4
+    # at a spawn (the piece was not falling before), only the new piece's tiles are ruled; the rest is the head's
+    spawn = state.clone()
+    spawn[0, names.index("play state")] = 8
+    z = model.apply_piece_rule(logits, last, spawn, nxt)[0]
+    assert all(int(z[r, c]) in (5, 6) for r, c in new) and int((z == 9).sum()) == 960 - 4
+    # a piece with its cells off the board (row -5) draws nothing, and no orientation byte breaks it
+    off = nxt.clone()
+    off[0, names.index("piece y")], off[0, names.index("piece orientation")] = 251, 19
+    assert not model.piece_tiles(off).any()
+
+
+@pytest.fixture(scope="session")
+def long_episode(tmp_path_factory) -> str:
+    """One 500-step game of real NES Tetris at level 9 played by the bot: enough pieces lock to learn the piece rule."""
+    import collect
+    out = str(tmp_path_factory.mktemp("long") / "one")
+    collect.main(["--episodes", "1", "--max-steps", "500", "--seed", "5", "--power-on-frac", "0", "--policy", "bot",
+                  "--min-level", "9", "--max-level", "9", "--workers", "1", "--out", out])
+    return out
+
+
+def test_piece_rule_learnt_from_the_real_game_matches_its_screen(long_episode, tmp_path):
+    cache = train.load_tiles(long_episode, str(tmp_path))
+    codes = torch.from_numpy(cache.tile_ids.astype(np.int64))  # distinct tiles as codes: exact
+    next_ok = np.zeros(len(cache.ram), dtype=bool)
+    next_ok[:-1] = cache.episodes[1:] == cache.episodes[:-1]
+    rows = np.flatnonzero(next_ok)
+    rule = train.fit_piece_rule(codes, cache.ram, rows, next_ok, int(codes.max()) + 1)
+    seen = (rule["cells"][:, 0, 0] > -100).nonzero().flatten().tolist()
+    assert len(seen) >= 4 and all(o < 19 for o in seen)
+    for o in seen:  # four different cells, next to each other, around the piece's own cell
+        c = rule["cells"][o]
+        assert len({tuple(x) for x in c.tolist()}) == 4 and c.abs().max() <= 2
+    assert rule["origin"].tolist() == [6, 12]  # the well: 20 x 10 tiles from screen tile (6, 12)
+    # the piece's cells there match the tiles that change as it moves (0.97 on the training set; this short game's
+    # fast level-9 drops, where the screen lags the RAM a frame, give about 0.76)
+    assert float(rule["origin_iou"]) > 0.6
+    assert 0 < int(rule["codes"].sum()) < 20 and int((rule["empty"] >= 0).sum()) > 150
+    pairs = [(a[0], b[0]) for a, b in rule["copy_pairs"].tolist()]  # the play state before and after
+    assert (1, 1) in pairs and (1, 2) in pairs  # falling, and locking
+    masks = [m for pair, m in zip(pairs, rule["copy_masks"]) if pair == (1, 1)]
+    falling = max(masks, key=lambda m: int(m.sum())).view(30, 32).clone()  # the falling step this game made most
+    falling[6:26, 12:22] = True  # (this game's board moves on more than 5% of its falling steps: the lag above)
+    assert falling.float().mean() > 0.95  # while a piece falls, the screen around the board stands still
+
+
+def test_phase_bytes_move_together_only_along_steps_the_game_took():
+    torch.manual_seed(0)
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="screen", head="local")
+    names = model.state_names
+    ps, clear = names.index("play state"), names.index("clear animation")
+    before = torch.zeros(3, len(names), dtype=torch.long)
+    after = before.clone()
+    before[:, ps], after[:, ps] = torch.tensor([1, 1, 4]), torch.tensor([1, 2, 4])  # 1 -> 1, 1 -> 2, 4 -> 4
+    before[2, clear] = after[2, clear] = 4  # while lines clear, the clear animation byte is 4
+    model.fit_phase_steps(before, after)
+    assert model.phase_steps.shape == (3, 2, len(train.PHASE_BYTES))
+    state = before[:1].clone()  # falling
+    logits = torch.full((1, len(names), 256), -10.0)
+    logits[:, :, 0] = 0.0  # every byte: likeliest stays
+    logits[0, ps, 3] = 5.0  # but the head wants play state 1 -> 4, which the game never did from 1
+    classes = logits.argmax(-1)
+    out = model.phase_step(state, logits, classes)
+    assert int(out[0, ps]) in (0, 1)  # stays (1) or locks (+1 = 2): not +3
+    logits[0, ps, 1] = 6.0  # now it prefers the lock, a step the game took
+    assert int(model.phase_step(state, logits, logits.argmax(-1))[0, ps]) == 1
+    unseen = state.clone()
+    unseen[0, ps] = 7  # the game never had this phase: the head's own choice stands
+    assert torch.equal(model.phase_step(unseen, logits, logits.argmax(-1)), logits.argmax(-1))
+
+
+def test_byte_tiles_draw_the_tiles_a_byte_decides():
+    rng = np.random.default_rng(0)
+    n, names = 300, train.TILE_STATES["screen"]
+    addresses = [a for _, a in names]
+    ram = np.zeros((n, 2048), dtype=np.uint8)
+    ram[:, 0xC0] = 4  # playing
+    ram[:, 0x44] = rng.integers(0, 3, n)  # the level
+    codes = torch.zeros(n, 30, 32, dtype=torch.long)
+    codes[:, 2, 3] = torch.from_numpy(ram[:, 0x44].astype(np.int64)) + 7  # a digit: code 7 + the level
+    codes[:, 5, 5] = torch.from_numpy(rng.integers(0, 5, n))  # noise no byte decides
+    bt = train.fit_byte_tiles(codes, ram, np.arange(n), addresses, exclude=None)
+    level = [name for name, _ in names].index("level")
+    assert bt["positions"].tolist() == [2 * 32 + 3] and bt["bytes"].tolist() == [[level, -1]]
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="screen", head="local")
+    model.byte_tiles = bt
+    state = torch.zeros(2, len(names), dtype=torch.long)
+    state[:, model.mode] = 4
+    state[:, level] = torch.tensor([2, 9])  # 9: a level never seen, so the tile head's code stays
+    z = model.apply_byte_tiles(torch.ones(2, 30, 32, dtype=torch.long), state)
+    assert int(z[0, 2, 3]) == 9 and int(z[1, 2, 3]) == 1 and int((z != 1).sum()) == 1
+    state[:, model.mode] = 3  # another game mode: not ruled
+    assert (model.apply_byte_tiles(torch.ones(2, 30, 32, dtype=torch.long), state) == 1).all()
+
+
+def test_a_piece_step_the_game_never_showed_is_blocked():
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="screen", head="local")
+    names = model.state_names
+    x, o = names.index("piece x"), names.index("piece orientation")
+    seen = torch.zeros(4, len(names), dtype=torch.long)
+    seen[:, x], seen[:, o] = torch.tensor([1, 2, 3, 4]), 10  # orientation 10 stood in columns 1-4 only
+    model.fit_piece_support(seen)
+    state = seen[:1].clone()  # column 1
+    left, right = torch.zeros(1, len(names), dtype=torch.long), torch.zeros(1, len(names), dtype=torch.long)
+    left[0, x], right[0, x] = 255, 1  # the head's classes: -1 (into the wall) or +1
+    assert int(model.next_state(state, model.keep_piece_inside(state, left))[0, x]) == 1  # blocked: stays
+    assert int(model.next_state(state, model.keep_piece_inside(state, right))[0, x]) == 2
+
+
+def test_a_falling_piece_never_steps_onto_a_stacked_block_and_locks_on_it():
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="screen", head="local")
+    names = model.state_names
+    n = train.TILE_ROWS * train.TILE_COLS
+    cells = torch.full((256, 4, 2), -100, dtype=torch.long)
+    cells[3] = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    empty = torch.full((n,), -1, dtype=torch.long)
+    empty[[(r + 6) * 32 + c + 12 for r in range(20) for c in range(10)]] = 0
+    model.piece_rule = {"cells": cells, "origin": torch.tensor([6, 12]), "board": torch.tensor([20, 10]),
+                        "codes": torch.ones(20, dtype=torch.bool), "empty": empty,
+                        "copy_pairs": torch.zeros(0, 2, 6, dtype=torch.long), "copy_masks": torch.zeros(0, n).bool()}
+    y = names.index("piece y")
+    state = torch.zeros(1, len(names), dtype=torch.long)
+    state[0, names.index("play state")], state[0, names.index("piece orientation")] = 1, 3
+    state[0, names.index("piece x")], state[0, y] = 4, 5
+    last = torch.zeros(1, 30, 32, dtype=torch.long)
+    last[0, 6 + 5:6 + 7, 12 + 4:12 + 6] = 5  # the piece itself, on board rows 5-6
+    down = torch.zeros(1, len(names), dtype=torch.long)
+    down[0, y] = 1  # the head's classes: fall a row
+    classes, landed = model.keep_piece_off_the_stack(last, state, down)
+    assert int(model.next_state(state, classes)[0, y]) == 6 and not landed.any()  # free: it falls
+    last[0, 6 + 7, 12 + 5] = 7  # a stacked block under its right column
+    classes, landed = model.keep_piece_off_the_stack(last, state, down)
+    assert int(model.next_state(state, classes)[0, y]) == 5 and landed.all()  # it stays, and has landed
+    # a piece that has landed locks: of the steps the game took, one out of the falling state
+    ps = names.index("play state")
+    before, after = state.repeat(2, 1), state.repeat(2, 1)
+    after[1, ps] = 2  # falling -> falling, and falling -> locking
+    model.fit_phase_steps(before, after)
+    logits = torch.zeros(1, len(names), 256)
+    logits[0, :, 0] = 5.0  # the head wants every byte to stay: the piece to keep falling
+    out = model.phase_step(state, logits, logits.argmax(-1), leave_falling=landed)
+    assert int(model.next_state(state, out)[0, ps]) == 2
+    assert int(model.next_state(state, model.phase_step(state, logits, logits.argmax(-1)))[0, ps]) == 1
