@@ -2889,14 +2889,18 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
                     vsums[k] = vsums.get(k, 0.0) + v
         row = {"epoch": epoch + 1, "train_loss": (sums["tile_ce"] + sums["state_ce"]) / n,
                "val_loss": vsums["loss"] / vn} | {f"val_{k}": v / vn for k, v in vsums.items() if k != "loss"}
-        log.add(**row)
-        print("tile dynamics epoch {epoch}: ".format(**row) + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
-                                                                        if k != "epoch"))
-        tmp = state_path + f".tmp-{os.getpid()}"
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
-                    "config": dataclasses.asdict(cfg)}, tmp)
-        os.replace(tmp, state_path)
+        end_tile_epoch("tile dynamics", row, log, state_path, model, opt, cfg)
     return finish_tile_dynamics(cfg, model, tokens, cache, train_rows, val, ae_extra, out, log)
+
+
+def end_tile_epoch(label: str, row: dict, log: "RunLog", state_path: str, model: nn.Module, opt, cfg: Config):
+    """Log and print an epoch's row, then write the state to resume from (atomically)."""
+    log.add(**row)
+    print(f"{label} epoch {row['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+    tmp = state_path + f".tmp-{os.getpid()}"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": row["epoch"],
+                "config": dataclasses.asdict(cfg)}, tmp)
+    os.replace(tmp, state_path)
 
 
 def fit_state_masks(model: TileDynamics, cache: TileCache, train_rows: np.ndarray):
@@ -3092,13 +3096,7 @@ def train_state_head(cfg: Config, cache: TileCache, autoencoder: TileAutoencoder
                "val_all_bytes_right": float(right.all(1).float().mean()),
                "val_right_when_changes": float(right[changes].float().mean()),
                "val_right_when_stays": float(right[~changes].float().mean())}
-        log.add(**row)
-        print("state head epoch {epoch}: ".format(**row) + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
-                                                                      if k != "epoch"))
-        tmp = state_path + f".tmp-{os.getpid()}"
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
-                    "config": dataclasses.asdict(cfg)}, tmp)
-        os.replace(tmp, state_path)
+        end_tile_epoch("state head", row, log, state_path, model, opt, cfg)
     for p in model.parameters():
         p.requires_grad_(True)
     return finish_tile_dynamics(cfg, model, tokens, cache, train_rows, val, ae_extra, out, log)
