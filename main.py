@@ -1,6 +1,7 @@
 """Play NES Tetris inside the neural network.
 
-    python main.py                                   # window, shipped checkpoints, 30 FPS
+    python main.py                                   # window, 30 FPS, the shipped tile world (checkpoints/tiles)
+    python main.py --checkpoint checkpoints/tetris   # the 80x80 latent model of phases 2 and 3
     python main.py --headless --frames 300 --actions random --record results/play.gif
     python main.py --benchmark                        # model-only and full-loop FPS on this machine
     python main.py --headless --frames 18000 --actions random --stats results/stability   # 10 minutes
@@ -20,12 +21,28 @@ import time
 import numpy as np
 import torch
 
-from collect import ACTION_NAMES, RandomPolicy, keys_to_action
+from collect import ACTION_NAMES, RandomPolicy, TetrisBot, keys_to_action
 from train import (CheckpointError, FlowDynamicsModel, TileWorld, WorldModel, load_frames, load_world, save_figure,
                    to_gray80)
 
 HELP = "arrows  X=A  Z=B  Enter=START  RShift=SELECT  R=reset  -/= temperature  Esc=quit"
 WIDTH, HEIGHT, BAR = 512, 480, 44  # the NES's 256x240 aspect, doubled, plus a status bar
+RULE_SWITCHES = (  # main.py's --FLAG on|off: the tile world's play rules, and the TileWorld method that drops each
+    ("--tile-support", "drop_tile_support", "keep each tile position to the codes it showed"),
+    ("--piece-rule", "drop_piece_rule", "draw the falling piece whole where its state bytes put it, never step it "
+                                        "onto a stacked block, and change nothing else while it falls, locks or spawns"),
+    ("--byte-tiles", "drop_byte_tiles", "draw the tiles that the state's bytes decide (digits, the level's colours, "
+                                        "the preview) from the bytes"),
+    ("--phase-steps", "drop_phase_steps", "move the bytes of the game's phase (play state, line-clear counters, game "
+                                          "mode) together, only along steps the data took, keep every byte still that "
+                                          "never changed over such a step (the counters count only at a spawn), and "
+                                          "keep the falling piece to the columns, rows and play states the data "
+                                          "showed for its orientation"),
+    ("--gravity", "drop_gravity", "make a falling piece fall a row where its fall timer resets or passes the longest "
+                                  "wait the data showed at its level, or where DOWN is held and the soft-drop counter "
+                                  "steps as it did on the data's falls"),
+    ("--state-transitions", "drop_state_transitions", "let each state byte take only steps it took in the data"),
+)
 
 
 # ----------------------------------------------------------------------------- the network as a game
@@ -58,13 +75,24 @@ class NeuralTetris:
 
 
 # ----------------------------------------------------------------------------- action sources
-def action_source(spec: str | None, seed: int):
-    """None (keyboard), 'random' (seeded random buttons) or a file of 8-int rows (.npy, .json, .txt)."""
+def action_source(spec: str | None, seed: int, env: NeuralTetris | None = None):
+    """None (keyboard), 'random' (seeded random buttons), 'bot' (collect.py's placement bot, reading the dream's
+    own state and board: a tile world's; it clears lines) or a file of 8-int rows (.npy, .json, .txt)."""
     if spec is None:
         return None
     if spec == "random":
         policy = RandomPolicy(np.random.default_rng(seed))
         return lambda t: policy(None)
+    if spec == "bot":
+        if env is None or not isinstance(env.world, TileWorld):
+            raise SystemExit("error: --actions bot: the bot reads the dream's state bytes and board, which only a tile "
+                             "world has (try --checkpoint checkpoints/tiles)")
+        bot = TetrisBot(np.random.default_rng(seed))
+        try:
+            env.world.dream_ram(env.world.start(env.start_name))
+        except CheckpointError as e:
+            raise SystemExit(f"error: --actions bot: {e}")
+        return lambda t: bot(env.world.dream_ram(env.state))
     if not os.path.isfile(spec):
         raise SystemExit(f"error: --actions {spec}: no such file (use 'random' or a .npy/.json/.txt of 8-int rows)")
     if spec.endswith(".npy"):
@@ -334,6 +362,35 @@ def reference_ranges(dataset: str, image_size: int, cache_dir: str = ".cache") -
     return out
 
 
+def bcd(*values) -> int:
+    """Binary-coded decimal bytes, least significant first -> the number they print."""
+    return sum(((v >> 4) * 10 + (v & 15)) * 100 ** i for i, v in enumerate(values))
+
+
+def dream_game(states: np.ndarray, names) -> dict:
+    """A tile world's state bytes at every frame (T, S) -> what its game did: the pieces that spawned (entries
+    into the falling state), the lines and the score it counted, and the most frames a falling piece spent without
+    falling a row (a piece that hovers or rests without locking shows here)."""
+    col = {n: [int(v) for v in states[:, names.index(n)]] for n in names}
+    out = {}
+    if "play state" in col:
+        falling = np.array(col["play state"]) == 1
+        out["pieces_spawned"] = int((falling[1:] & ~falling[:-1]).sum())
+        if "piece y" in col:
+            run = longest = 0
+            for t in range(1, len(states)):
+                run = run + 1 if falling[t] and falling[t - 1] and col["piece y"][t] == col["piece y"][t - 1] else 0
+                longest = max(longest, run)
+            out["longest_rest_of_a_falling_piece"] = longest
+    if "lines" in col:
+        lines = [bcd(a, b) for a, b in zip(col["lines"], col.get("lines hi", [0] * len(states)))]
+        out["lines"] = [lines[0], lines[-1]]
+    if "score lo" in col:
+        score = [bcd(*v) for v in zip(col["score lo"], col["score mid"], col["score hi"])]
+        out["score"] = [score[0], score[-1]]
+    return out
+
+
 def model_fps(env: NeuralTetris, frames: int) -> tuple[float, np.ndarray]:
     """Model-only FPS (dynamics step + decode) over seeded random buttons, after 20 warm-up steps
     (and compilation, if on). -> (FPS, the buttons pressed after warm-up)."""
@@ -359,11 +416,14 @@ def benchmark(env: NeuralTetris, args) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="checkpoints/tetris", help="directory with autoencoder.pt and dynamics.pt")
+    p.add_argument("--checkpoint", default="checkpoints/tiles",
+                   help="directory with autoencoder.pt and dynamics.pt (default: the tile world, in native colour; "
+                        "checkpoints/tetris is the 80x80 latent model)")
     p.add_argument("--start", default="play", help="start context shipped with the checkpoint")
     p.add_argument("--headless", action="store_true", help="no window (SDL dummy driver)")
     p.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: until Esc; 300 headless)")
-    p.add_argument("--actions", default=None, help="'random' or a .npy/.json/.txt of 8-int rows (default: keyboard; random headless)")
+    p.add_argument("--actions", default=None, help="'random', 'bot' (a placement bot that reads a tile world's dream and clears lines) or a "
+                        ".npy/.json/.txt of 8-int rows (default: keyboard; random headless)")
     p.add_argument("--seed", type=int, default=0, help="seed for --actions random and for sampling")
     p.add_argument("--temperature", type=float, default=None,
                    help="stochastic dynamics: 0 = deterministic .. 1 = full samples (default: the checkpoint's; "
@@ -380,23 +440,9 @@ def parse_args(argv=None):
                    help="with --stats, also write PREFIX_sheet.png: the frame shown every this many seconds, as a grid")
     p.add_argument("--reference", default="data/tetris_train",
                    help="dataset whose real frames give the --stats ranges and the bank of real frames")
-    p.add_argument("--tile-support", default="on", choices=["on", "off"],
-                   help="tile worlds: on = keep each tile position to the codes it showed in the training data (where "
-                        "the checkpoint has them); off = allow every code everywhere")
-    p.add_argument("--piece-rule", default="on", choices=["on", "off"],
-                   help="tile worlds: on = draw the falling piece whole where its state bytes put it, never step it onto a "
-                        "stacked block, and change nothing else while it falls, locks or spawns (where the checkpoint "
-                        "has the rule, learnt from the training data); off = the tile head alone draws every tile")
-    p.add_argument("--byte-tiles", default="on", choices=["on", "off"],
-                   help="tile worlds: on = draw the tiles that the state's bytes decide (digits, the level's colours, "
-                        "the preview) from the bytes (where the checkpoint has them); off = the tile head draws them")
-    p.add_argument("--phase-steps", default="on", choices=["on", "off"],
-                   help="tile worlds: on = the bytes of the game's phase (play state, line-clear counters, game mode) "
-                        "move together, only along steps the training data took, and the falling piece keeps to the "
-                        "columns and rows the data showed for its orientation (where the checkpoint has them)")
-    p.add_argument("--state-transitions", default="on", choices=["on", "off"],
-                   help="tile worlds: on = each state byte only takes steps it took in the training data (where the "
-                        "checkpoint has them); off = any step to a value the byte held")
+    for flag, _, text in RULE_SWITCHES:
+        p.add_argument(flag, default="on", choices=["on", "off"], help=f"tile worlds: on = {text} (where the checkpoint "
+                       f"has it, learnt from the training data); off = play without it, to see what it does")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile: auto = on CUDA only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--benchmark", action="store_true", help="print model-only and full-loop FPS and exit")
@@ -418,12 +464,8 @@ def main(argv=None):
         world = load_world(args.checkpoint, device=args.device)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
-    for flag, value, drop in (("--tile-support", args.tile_support, "drop_tile_support"),
-                              ("--piece-rule", args.piece_rule, "drop_piece_rule"),
-                              ("--byte-tiles", args.byte_tiles, "drop_byte_tiles"),
-                              ("--phase-steps", args.phase_steps, "drop_phase_steps"),
-                              ("--state-transitions", args.state_transitions, "drop_state_transitions")):
-        if value == "off":
+    for flag, drop, _ in RULE_SWITCHES:
+        if getattr(args, flag[2:].replace("-", "_")) == "off":
             if not isinstance(world, TileWorld):
                 raise SystemExit(f"error: {flag} off: {args.checkpoint} is not a tile world")
             getattr(world, drop)()
@@ -459,7 +501,7 @@ def main(argv=None):
             sheet(t, frame)
             if trace is not None:  # and its state bytes are logged
                 trace.append([t] + env.state[1][0].tolist())
-    result = Game(env, args.headless, args.fps).run(args.frames, action_source(args.actions, args.seed),
+    result = Game(env, args.headless, args.fps).run(args.frames, action_source(args.actions, args.seed, env),
                                                     recorded, on_frame)
     temp = f", temperature {env.temperature:g}" if world.stochastic else ""
     print(f"played {result['frames']} frames in {result['seconds']:.1f} s ({result['fps']:.1f} FPS, "
@@ -473,6 +515,8 @@ def main(argv=None):
         sheet.write(args.stats + "_sheet.png")
         given = sys.argv[1:] if argv is None else argv
         report |= {"fps": result["fps"], "command": "python main.py " + " ".join(given)}
+        if trace:  # what the dream's game did, read off its state bytes
+            report["game"] = dream_game(np.array(trace)[:, 1:], world.dynamics.state_names)
         with open(args.stats + "_stats.json", "w") as f:
             json.dump(report, f, indent=1)
         if trace:  # the tile world's recurrent RAM state, step by step: where the dream's game went wrong

@@ -1190,6 +1190,10 @@ TILE_STATES = {  # Config.tile_state -> (name, RAM address) of each byte of the 
 
 
 FALLING_STATE = 1  # the play state byte's value while a piece falls (../shared/NOTES.md)
+DOWN_BUTTON, LEFT_BUTTON, RIGHT_BUTTON = 5, 6, 7  # in the 8-button vector (A, B, SELECT, START, UP, DOWN, LEFT, RIGHT)
+BCD_NUMBERS = (("lines", "lines hi"), ("score lo", "score mid", "score hi"))  # state bytes that print one number
+GAME_OVER_STATE = 10  # the play state byte's value at a game over (NOTES.md)
+PIECE_LIFE = (1, 8)  # the play states of a piece's life: falling, lock, line clear, spawn (NOTES.md; 10 is game over)
 # the bytes that say which phase of a piece's life the game is in (falling, locking, clearing lines, spawning):
 # play moves them only along steps the training data took together (TileDynamics.phase_step)
 LOCAL_BOARD = 7  # the side of the board window the state head reads around the piece (state_local_board)
@@ -1527,10 +1531,32 @@ class TileDynamics(nn.Module):
         # stored in the checkpoint): play moves them only along a step the game took (round 8). None until set
         self.phase = [i for i, name in enumerate(self.state_names) if name in PHASE_BYTES]
         self.phase_steps = self.phase_counts = None
-        # the falling piece's (column, orientation) and (row, orientation) pairs seen in the training data (2, 256,
-        # 256; stored as piece_support): a step to a pair the game never showed (a block past the wall or the
-        # floor) keeps the piece where it was, as the game does when a move is blocked (round 8). None until set
+        # and, per phase step, the bytes that never changed over it (P, S; stored as phase_still; round 9): play keeps
+        # them. None until set
+        self.phase_still = None
+        # and the values each byte took over each step of the play state (pairs (Q, 2) and values (Q, S, 256); all
+        # where seen fewer than 20 times; stored as phase_values). None until set
+        self.phase_values = None
+        # and whether each phase step came with a full board row on screen (P,: 1 always, 0 never, -1 either; stored
+        # as phase_full; round 9): play takes the line clear only when a row is full. None until set
+        self.phase_full = None
+        # and the frame counter's values mod 4 each phase step was taken at, where they decide a fork (P, 4; stored
+        # as phase_parity; round 9). None until set
+        self.frame_counter = self.state_names.index("frame counter") if "frame counter" in self.state_names else None
+        self.phase_parity = None
+        # the numbers (BCD_NUMBERS) that never went down within a game in the training data (lists of byte indices;
+        # stored as monotone; round 9): play never lowers them. Empty until set
+        self.monotone = []
+        # the falling piece's (column, orientation), (row, orientation) and (play state, orientation) pairs seen in
+        # the training data (3, 256, 256; stored as piece_support; round 8's have the first two): a step to a pair
+        # the game never showed (a block past the wall or the floor, a falling piece with no orientation) keeps the
+        # piece where it was, as the game does when a move is blocked (round 8). None until set
         self.piece_support = None
+        # gravity (round 9; fit_gravity, stored as gravity): the longest a falling piece's timer ran at each level,
+        # past which play makes it fall a row. Off (empty) until training sets it
+        self.fall_timer = self.state_names.index("fall timer") if "fall timer" in self.state_names else None
+        self.level = self.state_names.index("level") if "level" in self.state_names else None
+        self.gravity = {}
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int = 0) -> "TileDynamics":
@@ -1662,13 +1688,17 @@ class TileDynamics(nn.Module):
         state_logits = state_logits.masked_fill(~allowed, float("-inf"))
         classes = state_logits.argmax(-1)
         if self.phase_steps is not None and len(self.phase_steps):
-            classes = self.phase_step(state, state_logits, classes)
-        if self.piece_support is not None and self.piece:
-            classes = self.keep_piece_inside(state, classes)
-        if self.piece_rule:
-            classes, landed = self.keep_piece_off_the_stack(tokens[:, -1], state, classes)
+            classes = self.phase_step(state, state_logits, classes, last=tokens[:, -1])
+            if self.phase_still is not None:  # (again below, after the lock and the piece draw)
+                classes = self.keep_still_bytes(state, classes, state_logits)
+        if self.gravity:
+            classes = self.apply_gravity(state, classes, a_hist[:, -1])
+        if self.piece and (self.piece_support is not None or self.piece_rule):
+            classes, landed = self.keep_piece_in_play(tokens[:, -1], state, classes)
             if landed.any() and self.phase_steps is not None and len(self.phase_steps):  # it cannot fall: it locks
-                classes = self.phase_step(state, state_logits, classes, leave_falling=landed)
+                classes = self.phase_step(state, state_logits, classes, leave_falling=landed, last=tokens[:, -1])
+        if self.piece_rule and self.phase_steps is not None and len(self.phase_steps) and self.play_state is not None:
+            classes = self.end_on_a_blocked_spawn(tokens[:, -1], state, classes)
         if temperature > 0:  # only the piece draw is random in the game; sampling the timers too breaks play
             logits = state_logits[:, self.random_state] / temperature
             if self.head == "local":  # the game draws a piece only at a spawn: where "no change" is likeliest,
@@ -1678,6 +1708,10 @@ class TileDynamics(nn.Module):
                 logits[~draw] = torch.where(torch.arange(256, device=logits.device) == 0, 0.0, float("-inf"))
             probs = torch.softmax(logits, -1)
             classes[:, self.random_state] = torch.multinomial(probs.flatten(0, 1), 1).view(len(state), -1)
+        if self.phase_still is not None and self.phase_steps is not None and len(self.phase_steps):
+            classes = self.keep_still_bytes(state, classes, state_logits)
+        if self.monotone:
+            classes = self.keep_numbers_up(state, classes)
         next_state = self.next_state(state, classes)
         logits = self.tile_logits(h, tokens, next_state)
         allowed = self.allowed_tiles(next_state)
@@ -1704,13 +1738,15 @@ class TileDynamics(nn.Module):
         flat.scatter_(1, pos, torch.where(hit, bt["codes"][at], flat.gather(1, pos)))
         return flat.view_as(codes)
 
-    def phase_step(self, state, state_logits, classes, leave_falling=None):
+    def phase_step(self, state, state_logits, classes, leave_falling=None, last=None):
         """The phase bytes' next values, together: of the steps the game took from their current values
         (phase_steps), the one that scores highest: the sum of the state head's log-probabilities over those
         bytes, plus the log of the step's share of the training data's steps from those values (phase_counts),
         so a step the game took once in 800 (a game over straight after a lock) needs a head that is sure of it.
         Where the game never had those values, the bytes keep the head's own choice. Rows of leave_falling (B,) bool
-        take only a step out of the falling state (a piece that cannot fall locks)."""
+        take only a step out of the falling state (a piece that cannot fall locks). Given the last frame's codes
+        (B, 30, 32), a step the data took only with a full board row on screen (phase_full: the line clear), or only
+        without one, is taken only then."""
         g = torch.tensor(self.phase, device=state.device)
         steps = self.phase_steps.long().to(state.device)  # (P, 2, G)
         cur = state[:, g].long()  # (B, G)
@@ -1723,6 +1759,22 @@ class TileDynamics(nn.Module):
             counts = self.phase_counts.to(state.device).float()
             total = (match.float() * counts).sum(1, keepdim=True).clamp(min=1)
             score = score + counts.log() - total.log()
+        if self.phase_full is not None and self.piece_rule and last is not None:  # a line clears only if a row is full
+            full = self.board_full(last)
+            need = self.phase_full.to(state.device).long()  # (P,): 1 a full row, 0 none, -1 either
+            match = match & ((need[None] < 0) | (need[None] == full[:, None].long()))
+        if self.phase_parity is not None and self.frame_counter is not None:  # where the frame counter decides
+            match = match & self.phase_parity.to(state.device)[:, state[:, self.frame_counter].long() % 4].T
+        if last is not None and self.piece and self.play_state in self.phase and (self.piece_rule or
+                                                                               self.piece_support is not None):
+            # a piece that can still fall a row does not lock: in the training data, a piece left the falling state
+            # (to lock, or to the game over) almost only when it could not fall
+            drop = state.long().clone()
+            drop[:, self.piece[1]] = (drop[:, self.piece[1]] + 1) % 256
+            can_fall = (state[:, self.play_state] == FALLING_STATE) & self.piece_fits(last, state, drop)
+            i = self.phase.index(self.play_state)
+            leaves = (steps[:, 0, i] == FALLING_STATE) & (steps[:, 1, i] != FALLING_STATE)  # (P,)
+            match = match & ~(can_fall[:, None] & leaves[None])
         if leave_falling is not None and self.play_state in self.phase:  # those rows take a step out of falling
             falls = steps[:, 1, self.phase.index(self.play_state)] == FALLING_STATE  # (P,)
             match = match & ~(leave_falling[:, None] & falls[None])
@@ -1734,54 +1786,269 @@ class TileDynamics(nn.Module):
                                     classes[:, g])
         return classes
 
-    def keep_piece_inside(self, state, classes):
-        """Where the next (column, orientation) or (row, orientation) of the piece was never seen in the training
-        data, the piece's three bytes keep their current values (a blocked move)."""
-        nxt = self.next_state(state, classes)
+    def piece_fits(self, last, state, nxt) -> torch.Tensor:
+        """(B,) bool: whether the piece may stand where the next state nxt (B, S) puts it: its (column, orientation),
+        (row, orientation) and (play state, orientation) pairs were seen in the training data (piece_support), and,
+        where it falls before and after the step (and the piece rule is on), none of its cells covers a stacked block:
+        a tile of the last frame (B, 30, 32) that is not its empty code, outside the piece's own cells (round 8's
+        60 s minute lost a stacked I to a piece that fell through it, and the piece rule then cleared the tiles)."""
         x, y, o = nxt[:, self.piece].long().unbind(1)
-        ok = self.piece_support[0, x, o] & self.piece_support[1, y, o]
-        keep = self.state_target(state, state)[:, self.piece]  # the classes that keep a byte as it is
-        classes = classes.clone()
-        classes[:, self.piece] = torch.where(ok[:, None], classes[:, self.piece], keep)
-        return classes
+        ok = torch.ones(len(state), dtype=torch.bool, device=state.device)
+        if self.piece_support is not None:
+            ok = self.piece_support[0, x, o] & self.piece_support[1, y, o]
+            if len(self.piece_support) > 2 and self.play_state is not None:  # (round 9; older checkpoints have 2)
+                ok = ok & self.piece_support[2, nxt[:, self.play_state].long(), o]
+        if self.piece_rule and self.play_state is not None:
+            ps = self.play_state
+            moving = (state[:, ps] == FALLING_STATE) & (nxt[:, ps] == FALLING_STATE)
+            empty = self.piece_rule["empty"].view(TILE_ROWS, TILE_COLS)
+            stack = (empty >= 0) & (last != empty) & ~self.piece_tiles(state)
+            ok = ok & ~(moving & (self.piece_tiles(nxt) & stack).flatten(1).any(1))
+        return ok
 
-    def keep_piece_off_the_stack(self, last, state, classes):
-        """Where the falling piece would step onto a board tile that shows a block (a tile of the last frame
-        whose code is not its empty code, outside the piece's own cells), its three bytes keep their current
-        values: in the training data a falling piece never covers a stacked block (round 8's 60 s minute lost
-        a stacked I to a piece that fell through it, and the piece rule then cleared the tiles it left).
-        -> (classes, landed (B,): where the blocked step was a fall of one row, so the piece cannot fall)."""
+    def end_on_a_blocked_spawn(self, last, state, classes):
+        """Where a piece spawns (the play state enters falling) onto a block that the last frame's board shows, the
+        phase bytes take the training data's commonest step from falling into game over (GAME_OVER_STATE) instead.
+        The real game ends one frame after such a spawn: in the training data, the step from falling into game over
+        came only with the piece on stacked blocks. Without this, a dream whose stack reached the top spawned piece
+        after piece into it, each locking at once."""
         ps = self.play_state
         nxt = self.next_state(state, classes)
-        moving = (state[:, ps] == FALLING_STATE) & (nxt[:, ps] == FALLING_STATE)
-        if not moving.any():
-            return classes, torch.zeros_like(moving)
+        spawn = (state[:, ps] != FALLING_STATE) & (nxt[:, ps] == FALLING_STATE)
+        if not spawn.any():
+            return classes
         empty = self.piece_rule["empty"].view(TILE_ROWS, TILE_COLS)
-        stack = (empty >= 0) & (last != empty) & ~self.piece_tiles(state)
-        blocked = moving & (self.piece_tiles(nxt) & stack).flatten(1).any(1)
+        stack = (empty >= 0) & (last != empty)  # the piece that locked before this spawn is stack now
+        blocked = spawn & (self.piece_tiles(nxt) & stack).flatten(1).any(1)
+        steps = self.phase_steps.long().to(state.device)
+        i = self.phase.index(ps)
+        over = (steps[:, 0, i] == FALLING_STATE) & (steps[:, 1, i] == GAME_OVER_STATE)
+        if not blocked.any() or not over.any():
+            return classes
+        counts = self.phase_counts.to(state.device) if self.phase_counts is not None else torch.ones(len(steps))
+        forced = nxt.clone()
+        forced[:, self.phase] = steps[over][counts[over].argmax(), 1]
+        return torch.where(blocked[:, None], self.state_target(state, forced), classes)
+
+    def keep_piece_in_play(self, last, state, classes):
+        """Where the piece's next place does not fit (piece_fits), the piece makes the step the game would: where the
+        step fell a row, the fall alone (the game drops a piece after its shift and rotation were refused), else it
+        keeps its place, as the game does when a move is blocked.
+        -> (classes, landed (B,): a piece falling before and after the step whose fall of one row was refused: it
+        cannot fall, so it locks)."""
+        nxt = self.next_state(state, classes)
+        ok = self.piece_fits(last, state, nxt)
+        yi = self.piece[1]
+        fell = nxt[:, yi] == (state[:, yi].long() + 1) % 256
+        drop = nxt.clone()
+        drop[:, self.piece] = state[:, self.piece].long()
+        drop[:, yi] = (drop[:, yi] + 1) % 256
+        drop_ok = fell & self.piece_fits(last, state, drop)
         keep = self.state_target(state, state)[:, self.piece]
         classes = classes.clone()
-        classes[:, self.piece] = torch.where(blocked[:, None], keep, classes[:, self.piece])
-        y = self.piece[1]
-        return classes, blocked & (nxt[:, y].long() == (state[:, y].long() + 1) % 256)
+        piece = torch.where(drop_ok[:, None], self.state_target(state, drop)[:, self.piece], keep)
+        classes[:, self.piece] = torch.where(ok[:, None], classes[:, self.piece], piece)
+        landed = ~ok & fell & ~drop_ok
+        if self.play_state is not None:
+            landed = landed & (state[:, self.play_state] == FALLING_STATE) & (nxt[:, self.play_state] == FALLING_STATE)
+        return classes, landed
+
+    def apply_gravity(self, state, classes, action=None):
+        """Where a piece falls before and after the step without a fall of a row, but its fall timer resets (in the
+        training data it reset only when the piece fell or locked) or passes the longest wait the data showed at the
+        level (gravity["limit"]), or, given the step's buttons (B, 8), the soft-drop counter makes a step on which
+        the data's pieces fell (gravity["soft"]: DOWN held), the piece falls a row, and the timer takes
+        gravity["reset"] where it passed the limit. Round 8's minutes stalled on a piece that rested on the stack
+        with its timer at 81, at a level whose pieces fall every 22 frames, because the head stopped moving it; and
+        round 9's bot minute for 20 s on a piece held down on the stack, its timer and soft-drop counter kept still."""
+        g = self.gravity
+        ps, t, lv, yi = self.play_state, self.fall_timer, self.level, self.piece[1]
+        nxt = self.next_state(state, classes)
+        late = (state[:, ps] == FALLING_STATE) & (nxt[:, ps] == FALLING_STATE) & (nxt[:, yi] == state[:, yi])
+        over = nxt[:, t].long() > g["limit"].to(state.device)[state[:, lv].long()]
+        soft = torch.zeros_like(late)
+        if "soft" in g and action is not None and "auto-repeat y" in self.state_names:
+            ary = self.state_names.index("auto-repeat y")
+            down = (action[:, DOWN_BUTTON] > 0) & (action[:, LEFT_BUTTON] == 0) & (action[:, RIGHT_BUTTON] == 0)
+            soft = g["soft"].to(state.device)[state[:, ary].long(), nxt[:, ary].long(), down.long()]
+        late = late & (over | (nxt[:, t] < state[:, t]) | soft)
+        if not late.any():
+            return classes
+        forced = nxt.clone()
+        forced[:, yi] = (state[:, yi].long() + 1) % 256
+        forced[:, t] = torch.where(over, int(g["reset"]), nxt[:, t])
+        return torch.where(late[:, None], self.state_target(state, forced), classes)
+
+    def fit_gravity(self, before, after, actions=None, min_steps: int = 20):
+        """before, after (N, S): the state bytes of training rows and of the rows after them -> gravity: the highest
+        fall timer a falling piece showed at each level (limit (256,), 255 at a level not seen: no rule) and the
+        timer's likeliest value after a fall (reset). Given the buttons of each step (N, 8), also soft (256, 256,
+        2): the steps of the soft-drop counter (auto-repeat y, before and after) with DOWN alone held or not, on
+        which a falling piece fell a row at least 99% of at least min_steps times."""
+        if None in (self.play_state, self.fall_timer, self.level) or not self.piece:
+            return
+        before, after = torch.as_tensor(before).long(), torch.as_tensor(after).long()
+        ps, t, lv, yi = self.play_state, self.fall_timer, self.level, self.piece[1]
+        falling = (before[:, ps] == FALLING_STATE) & (after[:, ps] == FALLING_STATE)
+        limit = torch.full((256,), 255, dtype=torch.long)
+        if not falling.any():
+            return
+        top = torch.maximum(before[falling, t], after[falling, t])
+        limit.scatter_reduce_(0, before[falling, lv], top, "amax", include_self=False)
+        fell = falling & (after[:, yi] == before[:, yi] + 1) & (after[:, t] < before[:, t])
+        reset = int(torch.mode(after[fell, t]).values) if fell.any() else 0
+        self.gravity = {"limit": limit.to(torch.uint8), "reset": torch.tensor(reset)}
+        ary = self.state_names.index("auto-repeat y") if "auto-repeat y" in self.state_names else None
+        if actions is not None and ary is not None:  # the soft drop: DOWN alone, and the drop counter's step
+            a = torch.as_tensor(actions).long()
+            down = (a[:, DOWN_BUTTON] == 1) & (a[:, LEFT_BUTTON] == 0) & (a[:, RIGHT_BUTTON] == 0)
+            key = (before[:, ary] * 256 + after[:, ary]) * 2 + down.long()
+            moved = (after[:, yi] != before[:, yi]).float()
+            n = torch.zeros(256 * 256 * 2).index_add_(0, key[falling], torch.ones(int(falling.sum())))
+            f = torch.zeros(256 * 256 * 2).index_add_(0, key[falling], moved[falling])
+            self.gravity["soft"] = ((n >= min_steps) & (f >= 0.99 * n)).view(256, 256, 2)
 
     def fit_piece_support(self, states):
         """states (N, S): the state bytes of training rows -> piece_support."""
         if not self.piece:
             return
         x, y, o = torch.as_tensor(states)[:, self.piece].long().unbind(1)
-        support = torch.zeros(2, 256, 256, dtype=torch.bool)
+        support = torch.zeros(3, 256, 256, dtype=torch.bool)
         support[0, x, o] = True
         support[1, y, o] = True
+        if self.play_state is not None:  # a falling piece is always a piece: never orientation 19 ("none")
+            support[2, torch.as_tensor(states)[:, self.play_state].long(), o] = True
+        else:
+            support[2] = True
         self.piece_support = support
 
-    def fit_phase_steps(self, before, after):
-        """before, after (N, S): the state bytes of training rows and of the rows after them -> phase_steps."""
+    def fit_phase_steps(self, before, after, min_steps: int = 20):
+        """before, after (N, S): the state bytes of training rows and of the rows after them -> phase_steps, their
+        counts, and phase_still (P, S): the bytes that never changed over one of the at least min_steps steps of
+        each (the phase bytes themselves excluded)."""
         if not self.phase:
             return
-        pairs = torch.cat([torch.as_tensor(before)[:, self.phase], torch.as_tensor(after)[:, self.phase]], 1)
-        steps, counts = torch.unique(pairs.long(), dim=0, return_counts=True)
+        before, after = torch.as_tensor(before).long(), torch.as_tensor(after).long()
+        pairs = torch.cat([before[:, self.phase], after[:, self.phase]], 1)
+        steps, inverse, counts = torch.unique(pairs, dim=0, return_inverse=True, return_counts=True)
         self.phase_steps, self.phase_counts = steps.view(-1, 2, len(self.phase)).to(torch.uint8), counts
+        changed = torch.zeros(len(steps), before.shape[1]).index_add_(0, inverse.flatten(), (before != after).float())
+        still = (changed == 0) & (counts[:, None] >= min_steps)
+        still[:, self.phase] = False
+        self.phase_still = still
+        # the values each byte took over each step of the play state (a spawn puts the piece near its column and row)
+        if self.play_state is not None:
+            pairs, at, n = torch.unique(torch.stack([before[:, self.play_state], after[:, self.play_state]], 1), dim=0,
+                                        return_inverse=True, return_counts=True)
+            values = torch.zeros(len(pairs), before.shape[1], 256, dtype=torch.bool)
+            values[at.flatten()[:, None], torch.arange(before.shape[1])[None], after] = True
+            values[n < min_steps] = True
+            values[:, self.phase] = True
+            self.phase_values = {"pairs": pairs, "values": values}
+
+    def board_full(self, last) -> torch.Tensor:
+        """(B,) bool: whether a board row of the frame's codes (B, 30, 32) shows a block in every cell (no tile with
+        its empty well's code), by the piece rule's tables."""
+        rule = self.piece_rule
+        (r0, c0), (nr, nc) = rule["origin"].tolist(), rule["board"].tolist()
+        empty = rule["empty"].view(TILE_ROWS, TILE_COLS)[r0:r0 + nr, c0:c0 + nc]
+        return (last[:, r0:r0 + nr, c0:c0 + nc] != empty).all(-1).any(-1)
+
+    def fit_phase_full(self, last, before, after, min_steps: int = 20):
+        """last (N, 30, 32): the codes of training frames, before and after (N, S) their state bytes and the next
+        row's -> phase_full (P,) int8: for each phase step seen at least min_steps times, 1 where a board row was
+        full on every one of its frames, 0 where on none, -1 otherwise (or too few), kept only at a fork: where
+        the steps from the same values include one of each. Needs the piece rule. In the real game, play state 3
+        goes to the line clear (4) always and only with a full row on screen."""
+        if self.phase_steps is None or not self.piece_rule:
+            return
+        at = self.phase_step_of(before, after)
+        full = torch.cat([self.board_full(last[i:i + 4096]) for i in range(0, len(last), 4096)]).float()
+        share = torch.zeros(len(self.phase_steps)).index_add_(0, at, full) / self.phase_counts.float().clamp(min=1)
+        out = torch.full((len(self.phase_steps),), -1, dtype=torch.int8)
+        enough = self.phase_counts >= min_steps
+        out[enough & (share == 1)] = 1
+        out[enough & (share == 0)] = 0
+        # only where the row decides: from phase values with both a step always taken with a full row and one never
+        same_from = (self.phase_steps[:, None, 0] == self.phase_steps[None, :, 0]).all(-1)  # (P, P)
+        fork = (same_from & (out[None] == 1)).any(1) & (same_from & (out[None] == 0)).any(1)
+        self.phase_full = torch.where(fork, out, torch.full_like(out, -1))
+
+    def phase_step_of(self, before, after) -> torch.Tensor:
+        """before, after (N, S) state bytes -> (N,) the index in phase_steps of each row's step (0 where unseen)."""
+        before, after = torch.as_tensor(before).long(), torch.as_tensor(after).long()
+        keys = torch.cat([before[:, self.phase], after[:, self.phase]], 1)
+        steps = self.phase_steps.long().flatten(1)  # (P, 2G)
+        return torch.cat([(keys[i:i + 4096, None] == steps[None]).all(-1).float().argmax(1)
+                          for i in range(0, len(keys), 4096)])
+
+    def fit_phase_parity(self, before, after, min_steps: int = 20):
+        """before, after (N, S) -> phase_parity (P, 4) bool: the frame counter's values mod 4 (before the step) that
+        each phase step was taken at, where that decides a fork: the steps from the same values seen at least
+        min_steps times each were taken at disjoint values; all True elsewhere. The game times its animations by
+        the frame counter: the line clear's counter (0x52) moves on every 4th frame, and the head, reading a still
+        board, cannot tell when."""
+        if self.phase_steps is None or self.frame_counter is None:
+            return
+        at = self.phase_step_of(before, after)
+        fc = torch.as_tensor(before)[:, self.frame_counter].long() % 4
+        seen = torch.zeros(len(self.phase_steps), 4, dtype=torch.bool)
+        seen[at, fc] = True
+        enough = self.phase_counts >= min_steps
+        same_from = (self.phase_steps[:, None, 0] == self.phase_steps[None, :, 0]).all(-1)
+        others = same_from & ~torch.eye(len(seen), dtype=torch.bool) & enough[None]
+        overlap = (others & ((seen.float() @ seen.float().T) > 0)).any(1)
+        decisive = enough & others.any(1) & ~overlap
+        self.phase_parity = torch.where(decisive[:, None], seen, torch.ones_like(seen))
+
+    def keep_still_bytes(self, state, classes, state_logits=None):
+        """Where the phase bytes make a step the training data took at least 20 times, each byte that never
+        changed over one of those steps (phase_still) keeps its value: the piece counters count only at a spawn, the
+        score and the lines only when a piece locks or lines clear, the next piece is drawn only at a spawn. Given the
+        head's logits (B, S, 256), each other byte takes the head's likeliest of the values it took over the training
+        data's steps between the same play states, where there were at least 20 (phase_values): a piece spawns near
+        its column and row."""
+        nxt = self.next_state(state, classes)
+        steps = self.phase_steps.long().to(state.device)  # (P, 2, G)
+        hit = ((steps[None, :, 0] == state[:, None, self.phase]).all(-1)
+               & (steps[None, :, 1] == nxt[:, None, self.phase]).all(-1))  # (B, P)
+        at = hit.float().argmax(1)
+        if self.phase_values is not None and state_logits is not None:  # the head's best value the step took
+            pairs = self.phase_values["pairs"].to(state.device)
+            ps = self.play_state
+            seen = (pairs[None, :, 0] == state[:, None, ps]) & (pairs[None, :, 1] == nxt[:, None, ps])  # (B, Q)
+            allowed = self.phase_values["values"].to(state.device)[seen.float().argmax(1)] | ~seen.any(1)[:, None, None]
+            ok = allowed.gather(2, self.next_state(state[:, :, None], torch.arange(256, device=state.device)))
+            logits = state_logits.masked_fill(~ok, float("-inf"))  # (B, S, 256) by class
+            fine = ok.gather(2, classes[:, :, None]).squeeze(2)
+            classes = torch.where(fine | ~torch.isfinite(logits.amax(2)), classes, logits.argmax(2))
+        still = self.phase_still.to(state.device)[at] & hit.any(1)[:, None]  # (B, S)
+        return torch.where(still, self.state_target(state, state), classes)
+
+    def number(self, state, group) -> torch.Tensor:
+        """(B,) the number a group of binary-coded-decimal state bytes prints, least significant byte first."""
+        v = state[:, group].long()
+        return ((v >> 4) * 10 + (v & 15) * 1) @ (100 ** torch.arange(len(group), device=state.device))
+
+    def fit_monotone(self, before, after):
+        """before, after (N, S) -> monotone: the groups of BCD bytes (the lines, the score) whose number never went
+        down over a step of the training data that kept the game mode."""
+        before, after = torch.as_tensor(before).long(), torch.as_tensor(after).long()
+        same = before[:, self.mode] == after[:, self.mode] if self.mode is not None else torch.ones(len(before)).bool()
+        self.monotone = [g for g in ([self.state_names.index(n) for n in names] for names in BCD_NUMBERS
+                                     if all(n in self.state_names for n in names))
+                         if not (self.number(after, g) < self.number(before, g))[same].any()]
+
+    def keep_numbers_up(self, state, classes):
+        """Where a monotone number would go down while the game mode stays, its bytes keep their values (round 8's
+        score went from 000499 to 000410 as the head added a line's points byte by byte)."""
+        nxt = self.next_state(state, classes)
+        same = nxt[:, self.mode] == state[:, self.mode] if self.mode is not None else torch.ones_like(nxt[:, 0]).bool()
+        classes = classes.clone()
+        for g in self.monotone:
+            down = same & (self.number(nxt, g) < self.number(state, g))
+            classes[:, g] = torch.where(down[:, None], self.state_target(state, state)[:, g], classes[:, g])
+        return classes
 
     def piece_tiles(self, state) -> torch.Tensor:
         """(B, 30, 32) bool: the screen tiles of the falling piece's blocks that the piece rule puts on the board,
@@ -1803,7 +2070,10 @@ class TileDynamics(nn.Module):
         before and after the step, the tiles it left take the empty well's code; and the tiles that kept their code
         on 99% of the training data's steps between the same values of the phase bytes (outside the piece's cells
         where it falls after the step) keep it: the board and the numbers stand still while a piece falls, locks
-        and spawns."""
+        and spawns. With phase_full (round 9), the board changes only where the piece moves on every step of a piece's
+        life (play states PIECE_LIFE), and where play leaves the play state that a step the data took only with a
+        full row on screen leads to (the line clear), its full rows clear (clear_full_rows). The game's own
+        animation of the clear (the rows emptied from the middle out) is not drawn: the rows stand full until then."""
         rule = self.piece_rule
         now, after = state[:, self.play_state].long(), next_state[:, self.play_state].long()
         falling_next = after == FALLING_STATE
@@ -1816,7 +2086,21 @@ class TileDynamics(nn.Module):
                & (pairs[None, :, 1] == next_state[:, None, self.phase]).all(-1))  # (B, Q)
         keep = rule["copy_masks"][hit.float().argmax(1)] & hit.any(1)[:, None] if len(rule["copy_pairs"]) else \
             torch.zeros(len(state), TILE_ROWS * TILE_COLS, dtype=torch.bool, device=state.device)
-        copy = keep.view(-1, TILE_ROWS, TILE_COLS) & ~(moving & (new | old))
+        keep = keep.view(-1, TILE_ROWS, TILE_COLS)
+        base = last
+        if self.phase_full is not None:  # round 9: through a piece's life the board changes only where the piece
+            life = lambda p: (p >= PIECE_LIFE[0]) & (p <= PIECE_LIFE[1])  # moves and where full rows clear
+            still = (life(now) & life(after))[:, None, None] & (empty >= 0)
+            keep = keep | still
+            # the play state a step taken only with a full row on screen leads to (the line clear, 4): the full
+            # rows stand through it, and clear as play leaves it
+            forks = self.phase_steps[self.phase_full == 1][:, 1, self.phase.index(self.play_state)].long()
+            clears = torch.isin(now, forks.to(state.device)) & (after != now)
+            if clears.any():
+                base = last.clone()
+                for b in torch.nonzero(clears).flatten().tolist():
+                    base[b] = self.clear_full_rows(last[b])
+        copy = keep & ~(moving & new) & ~(both[:, None, None] & old)  # a locked piece stays as it spawns the next
         vacate = both[:, None, None] & old & ~new & (empty >= 0)
         codes = logits.argmax(1)
         pieces = torch.nonzero(rule["codes"]).flatten()  # the codes pieces showed
@@ -1824,7 +2108,24 @@ class TileDynamics(nn.Module):
         draw = falling_next[:, None, None] & new & torch.isfinite(best)
         codes = torch.where(draw, pieces[at], codes)
         codes = torch.where(vacate, empty.clamp(min=0).expand_as(last), codes)
-        return torch.where(copy & ~draw, last, codes)
+        return torch.where(copy & ~draw, base, codes)
+
+    def clear_full_rows(self, frame):
+        """One frame's codes (30, 32) -> the same with its full board rows (a block in every cell) removed and the
+        rows above them dropped, the well's empty codes coming in at the top: the board after a line clear, as the
+        game's board RAM has it (rows above a cleared one drop by one row per cleared row below them)."""
+        rule = self.piece_rule
+        (r0, c0), (nr, nc) = rule["origin"].tolist(), rule["board"].tolist()
+        empty = rule["empty"].view(TILE_ROWS, TILE_COLS)[r0:r0 + nr, c0:c0 + nc]
+        board = frame[r0:r0 + nr, c0:c0 + nc]
+        filled = board != empty
+        rows = torch.nonzero(~filled.all(1)).flatten()  # the rows that stay, top to bottom
+        dropped_filled = torch.zeros_like(filled)
+        dropped = empty.clone()
+        dropped_filled[nr - len(rows):], dropped[nr - len(rows):] = filled[rows], board[rows]
+        out = frame.clone()
+        out[r0:r0 + nr, c0:c0 + nc] = torch.where(dropped_filled, dropped, empty)
+        return out
 
     def allowed_tiles(self, next_state):
         """(B, codes, 30, 32) bool: the codes the tile support allows at each tile in the next state's game mode,
@@ -1919,10 +2220,17 @@ class TileWorld:
         self.dynamics.piece_rule = {}
 
     def drop_phase_steps(self):
-        """Play without the phase steps (each phase byte steps alone) and without the piece support (the piece may
-        step past a wall), to measure what they do."""
-        self.dynamics.phase_steps = self.dynamics.phase_counts = None
+        """Play without the phase steps (each phase byte steps alone), the bytes they keep still, and the piece
+        support (the piece may step past a wall), to measure what they do."""
+        self.dynamics.phase_steps = self.dynamics.phase_counts = self.dynamics.phase_still = None
+        self.dynamics.phase_values = None
+        self.dynamics.phase_full = self.dynamics.phase_parity = None
+        self.dynamics.monotone = []
         self.dynamics.piece_support = None
+
+    def drop_gravity(self):
+        """Play without gravity (the head alone decides when a piece falls), to measure what it does."""
+        self.dynamics.gravity = {}
 
     def drop_byte_tiles(self):
         """Play without the byte tiles (the tile head alone draws the digits and the preview), to measure them."""
@@ -1931,6 +2239,26 @@ class TileWorld:
     def drop_state_transitions(self):
         """Play without the state transitions (any step to a value the byte held), to measure what they do."""
         self.dynamics.transitions = torch.ones_like(self.dynamics.transitions)
+
+    @torch.no_grad()
+    def dream_ram(self, state, board_address: int = 0x400, empty: int = 0xEF, block: int = 0x7B) -> np.ndarray:
+        """The dream's first row as the 2 KB of RAM a bot reads (collect.py's TetrisBot): the state's bytes at
+        their addresses, and the board (20x10 at board_address, `empty` where a cell is free) read off the last
+        frame's tiles with the piece rule's tables: a cell holds a block where its tile is not the empty well's
+        code, outside the falling piece's own cells."""
+        rule = self.dynamics.piece_rule
+        if not rule:
+            raise CheckpointError("a bot reads the dream's board through the piece rule, and this checkpoint has none "
+                                  "(or it was switched off with --piece-rule off)")
+        tokens, hidden, _ = state
+        ram = np.zeros(2048, dtype=np.uint8)
+        ram[np.asarray(self.dynamics.addresses)] = hidden[0].cpu().numpy().astype(np.uint8)
+        (r0, c0), (nr, nc) = rule["origin"].tolist(), rule["board"].tolist()
+        empty_codes = rule["empty"].view(TILE_ROWS, TILE_COLS)[r0:r0 + nr, c0:c0 + nc]
+        piece = self.dynamics.piece_tiles(hidden[:1])[0, r0:r0 + nr, c0:c0 + nc]
+        filled = (tokens[0, -1, r0:r0 + nr, c0:c0 + nc] != empty_codes) & ~piece
+        ram[board_address:board_address + nr * nc] = np.where(filled.flatten().cpu().numpy(), block, empty)
+        return ram
 
     @torch.no_grad()
     def rgb(self, z) -> np.ndarray:
@@ -2249,10 +2577,22 @@ def load_model(path: str, kind: str, latent_dim: int | None = None):
         model.piece_rule = dict(ckpt["piece_rule"])
     if "phase_steps" in ckpt and hasattr(model, "phase_steps"):
         model.phase_steps, model.phase_counts = ckpt["phase_steps"], ckpt.get("phase_counts")
+    if "phase_full" in ckpt and hasattr(model, "phase_full"):
+        model.phase_full = ckpt["phase_full"]
+    if "phase_parity" in ckpt and hasattr(model, "phase_parity"):
+        model.phase_parity = ckpt["phase_parity"]
+    if "monotone" in ckpt and hasattr(model, "monotone"):
+        model.monotone = [list(g) for g in ckpt["monotone"]]
+    if "phase_values" in ckpt and hasattr(model, "phase_values"):
+        model.phase_values = {"pairs": ckpt["phase_values"]["pairs"], "values": unpack_bits(ckpt["phase_values"]["values"])}
+    if "phase_still" in ckpt and hasattr(model, "phase_still"):
+        model.phase_still = unpack_bits(ckpt["phase_still"])
     if "piece_support" in ckpt and hasattr(model, "piece_support"):
         model.piece_support = unpack_bits(ckpt["piece_support"])
     if "byte_tiles" in ckpt and hasattr(model, "byte_tiles"):
         model.byte_tiles = dict(ckpt["byte_tiles"])
+    if "gravity" in ckpt and hasattr(model, "gravity"):
+        model.gravity = dict(ckpt["gravity"])
     return model.eval(), ckpt
 
 
@@ -2914,7 +3254,10 @@ def fit_state_masks(model: TileDynamics, cache: TileCache, train_rows: np.ndarra
     model.transitions[torch.arange(model.state_size)[None], before, after] = True
     model.transitions |= ~model.transitions.any(-1, keepdim=True)  # from a value never left in training: any step
     model.fit_phase_steps(before, after)
+    model.fit_phase_parity(before, after)
+    model.fit_monotone(before, after)
     model.fit_piece_support(torch.cat([before, after]))
+    model.fit_gravity(before, after, cache.actions[train_rows])
 
 
 def finish_tile_dynamics(cfg: Config, model: TileDynamics, tokens, cache: TileCache, train_rows: np.ndarray,
@@ -2928,6 +3271,9 @@ def finish_tile_dynamics(cfg: Config, model: TileDynamics, tokens, cache: TileCa
     if model.piece and model.play_state is not None:
         if not model.piece_rule:  # (a state head that reads the board around the piece had it fitted first)
             fit_model_piece_rule(model, cfg, cache, tokens, train_rows)
+        model.fit_phase_full(tokens[torch.from_numpy(train_rows).long()],
+                             ram_state(cache.ram[train_rows], model.addresses),
+                             ram_state(cache.ram[train_rows + 1], model.addresses))
         rule = model.piece_rule
         print(f"piece rule: {int((rule['cells'][:, 0, 0] > -100).sum())} orientations seen to lock, the board at "
               f"screen tile {tuple(rule['origin'].tolist())} (IoU {float(rule['origin_iou']):.3f} with the tiles "
@@ -2935,6 +3281,10 @@ def finish_tile_dynamics(cfg: Config, model: TileDynamics, tokens, cache: TileCa
               f"{len(rule['copy_pairs'])} steps of the phase bytes seen, {int(rule['copy_masks'].any(1).sum())} of "
               f"them often enough to keep tiles; the board left to the tile head on "
               f"{int((rule['board_changes'] > 0.05).sum())} of them, where it changed on more than 5% of their steps")
+        if model.phase_full is not None:
+            print(f"phase steps: {int((model.phase_full == 1).sum())} taken only with a full board row on screen, "
+                  f"{int((model.phase_full == 0).sum())} only without one; {int(model.phase_still.any(1).sum())} keep "
+                  f"bytes still; gravity at {int((model.gravity['limit'] < 255).sum()) if model.gravity else 0} levels")
     if model.mode is not None:
         board = torch.zeros(TILE_ROWS * TILE_COLS, dtype=torch.bool)
         if model.piece_rule:  # the board's tiles are the board's: no byte decides them
@@ -2952,10 +3302,22 @@ def finish_tile_dynamics(cfg: Config, model: TileDynamics, tokens, cache: TileCa
              "tile_support": pack_bits(model.tile_support), "tile_support_modes": model.tile_support_modes.clone()}
     if model.phase_steps is not None:
         extra["phase_steps"], extra["phase_counts"] = model.phase_steps, model.phase_counts
+    if model.phase_still is not None:
+        extra["phase_still"] = pack_bits(model.phase_still)
+    if model.phase_values is not None:
+        extra["phase_values"] = {"pairs": model.phase_values["pairs"], "values": pack_bits(model.phase_values["values"])}
+    if model.phase_full is not None:
+        extra["phase_full"] = model.phase_full
+    if model.phase_parity is not None:
+        extra["phase_parity"] = model.phase_parity
+    if model.monotone:
+        extra["monotone"] = model.monotone
     if model.piece_support is not None:
         extra["piece_support"] = pack_bits(model.piece_support)
     if model.piece_rule:
         extra["piece_rule"] = model.piece_rule
+    if model.gravity:
+        extra["gravity"] = model.gravity
     if model.byte_tiles:
         extra["byte_tiles"] = model.byte_tiles
     save_checkpoint(os.path.join(out, "dynamics.pt"), "dynamics", cfg, model, **extra)
@@ -3225,7 +3587,12 @@ def main(argv=None):
             save_checkpoint(os.path.join(cfg.export, "dynamics.pt"), "dynamics", cfg, dynamics, half=True,
                             **dyn_extra)
             print(f"exported fp16 checkpoints to {cfg.export}/")
-    atomic_json(os.path.join(out, "timings.json"), timings | {"command": " ".join(sys.argv[1:] if argv is None else argv)})
+    run, path = timings | {"command": " ".join(sys.argv[1:] if argv is None else argv)}, os.path.join(out, "timings.json")
+    if os.path.exists(path):  # the run had finished before: keep its first figures, and add this rerun's
+        with open(path) as f:
+            first = json.load(f)
+        run = first | {"reruns": first.get("reruns", []) + [run]}
+    atomic_json(path, run)
     print(f"done: {out}/  " + "  ".join(f"{k} {v:.0f}" for k, v in timings.items()))
 
 

@@ -87,8 +87,10 @@ def test_shipped_checkpoint_is_stochastic_and_plays_at_its_default_temperature(c
     import main
     world = train.WorldModel.load(os.path.join(os.path.dirname(__file__), "..", "checkpoints", "tetris"))
     assert world.stochastic and world.default_temperature == 0.5
-    main.main(["--headless", "--frames", "3"])  # what make play runs, without a display
+    main.main(["--checkpoint", "checkpoints/tetris", "--headless", "--frames", "3"])
     assert "temperature 0.5" in capsys.readouterr().out
+    main.main(["--headless", "--frames", "3"])  # what make play runs, without a display: the tile world
+    assert "temperature 1" in capsys.readouterr().out and main.parse_args([]).checkpoint == "checkpoints/tiles"
 
 
 def test_scheduled_sampling_zero_is_teacher_forcing():

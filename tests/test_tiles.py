@@ -295,6 +295,9 @@ def test_shipped_tile_world_plays_in_colour_inside_its_support():
     assert dyn.local_board and dyn.state_head[0].out_features == 512
     assert dyn.piece_rule["origin"].tolist() == [6, 12] and len(dyn.byte_tiles["positions"]) > 40
     assert dyn.phase_steps is not None and dyn.piece_support is not None
+    # round 9: gravity, the bytes each phase step keeps still, and the (play state, orientation) pairs
+    assert int(dyn.gravity["limit"][0]) < 255 and dyn.phase_still.any() and len(dyn.piece_support) == 3
+    assert (dyn.phase_full == 1).any() and not dyn.phase_parity.all() and len(dyn.monotone) == 2
     torch.manual_seed(0)
     state = world.start("play")
     ps = dyn.state_names.index("play state")
@@ -577,8 +580,104 @@ def test_a_piece_step_the_game_never_showed_is_blocked():
     state = seen[:1].clone()  # column 1
     left, right = torch.zeros(1, len(names), dtype=torch.long), torch.zeros(1, len(names), dtype=torch.long)
     left[0, x], right[0, x] = 255, 1  # the head's classes: -1 (into the wall) or +1
-    assert int(model.next_state(state, model.keep_piece_inside(state, left))[0, x]) == 1  # blocked: stays
-    assert int(model.next_state(state, model.keep_piece_inside(state, right))[0, x]) == 2
+    last = torch.zeros(1, 30, 32, dtype=torch.long)
+    assert int(model.next_state(state, model.keep_piece_in_play(last, state, left)[0])[0, x]) == 1  # blocked: stays
+    assert int(model.next_state(state, model.keep_piece_in_play(last, state, right)[0])[0, x]) == 2
+
+
+def test_a_falling_piece_keeps_an_orientation_and_the_floor_locks_it():
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="screen", head="local")
+    names = model.state_names
+    ps, y, o = names.index("play state"), names.index("piece y"), names.index("piece orientation")
+    seen = torch.zeros(6, len(names), dtype=torch.long)
+    seen[:, ps], seen[:, o], seen[:, y] = torch.tensor([1, 1, 1, 1, 4, 4]), torch.tensor([10, 10, 11, 11, 19, 19]), \
+        torch.tensor([0, 1, 0, 1, 0, 1])  # falling pieces have orientation 10 or 11 and rows 0-1; 19 only in state 4
+    model.fit_piece_support(seen)
+    last = torch.zeros(1, 30, 32, dtype=torch.long)
+    state = seen[:1].clone()  # falling, orientation 10, row 0
+    turn = torch.zeros(1, len(names), dtype=torch.long)
+    turn[0, o] = 9  # 10 -> 19: no piece, while it falls
+    classes, landed = model.keep_piece_in_play(last, state, turn)
+    assert int(model.next_state(state, classes)[0, o]) == 10 and not landed.any()
+    turn[0, o] = 1  # 10 -> 11: seen
+    assert int(model.next_state(state, model.keep_piece_in_play(last, state, turn)[0])[0, o]) == 11
+    both = turn.clone()
+    both[0, y] = 1  # a rotation the data never showed at row 1 and a fall: the fall alone is made
+    both[0, o] = 2  # 10 -> 12
+    classes, landed = model.keep_piece_in_play(last, state, both)
+    assert model.next_state(state, classes)[0, [y, o]].tolist() == [1, 10] and not landed.any()
+    floor = seen[1:2].clone()  # row 1 is the lowest the data showed: a fall is refused, and the piece has landed
+    down = torch.zeros(1, len(names), dtype=torch.long)
+    down[0, y] = 1
+    classes, landed = model.keep_piece_in_play(last, floor, down)
+    assert int(model.next_state(floor, classes)[0, y]) == 1 and landed.all()
+
+
+def test_gravity_makes_a_resting_piece_fall():
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="screen", head="local")
+    names = model.state_names
+    ps, t, lv, y = (names.index(n) for n in ("play state", "fall timer", "level", "piece y"))
+    before = torch.zeros(4, len(names), dtype=torch.long)
+    before[:, ps], before[:, lv] = 1, 5
+    before[:, t], before[:, y] = torch.tensor([10, 12, 20, 22]), 3
+    after = before.clone()
+    after[:, t] = torch.tensor([12, 14, 22, 1])
+    after[3, y] = 4  # at level 5 the timer ran to 22, then the piece fell a row and the timer went to 1
+    model.fit_gravity(before, after)
+    assert int(model.gravity["limit"][5]) == 22 and int(model.gravity["limit"][6]) == 255
+    assert int(model.gravity["reset"]) == 1
+    state = before[:1].clone()
+    state[0, t] = 22
+    stay = torch.zeros(1, len(names), dtype=torch.long)
+    stay[0, t] = 2  # the head: the timer runs on to 24, the piece stays
+    nxt = model.next_state(state, model.apply_gravity(state, stay))
+    assert int(nxt[0, y]) == 4 and int(nxt[0, t]) == 1
+    reset = torch.zeros(1, len(names), dtype=torch.long)
+    reset[0, t] = 256 - 20  # the head: the timer resets to 2, but the piece stays: it falls
+    nxt = model.next_state(state, model.apply_gravity(state, reset))
+    assert int(nxt[0, y]) == 4 and int(nxt[0, t]) == 2
+    state[0, t] = 10  # early in the wait: the head's choice stands
+    assert torch.equal(model.apply_gravity(state, stay), stay)
+    state[0, lv] = 6  # a level the data never showed: no rule
+    state[0, t] = 22
+    assert torch.equal(model.apply_gravity(state, stay), stay)
+    # the soft drop: with DOWN held, the soft-drop counter's step 2 -> 2 came with a fall on every one of 20 steps
+    ary = names.index("auto-repeat y")
+    before = torch.zeros(40, len(names), dtype=torch.long)
+    before[:, ps], before[:, lv], before[:, ary], before[:, y] = 1, 5, 2, 3
+    after = before.clone()
+    after[:20, y] = 4  # held down: it fell; not held: it stayed
+    buttons = torch.zeros(40, 8, dtype=torch.long)
+    buttons[:20, train.DOWN_BUTTON] = 1
+    model.fit_gravity(before, after, buttons)
+    assert model.gravity["soft"].nonzero().tolist() == [[2, 2, 1]]
+    state = before[:1].clone()
+    still = torch.zeros(1, len(names), dtype=torch.long)  # the head keeps every byte, the piece too
+    down = torch.zeros(1, 8)
+    down[0, train.DOWN_BUTTON] = 1
+    assert int(model.next_state(state, model.apply_gravity(state, still, down))[0, y]) == 4
+    assert torch.equal(model.apply_gravity(state, still, torch.zeros(1, 8)), still)
+
+
+def test_bytes_that_never_change_over_a_phase_step_keep_their_value():
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="screen", head="local")
+    names = model.state_names
+    ps, count, t = names.index("play state"), names.index("count T"), names.index("fall timer")
+    before = torch.zeros(40, len(names), dtype=torch.long)
+    before[:, ps] = torch.tensor([1] * 20 + [8] * 20)  # 20 falling steps, 20 spawns
+    after = before.clone()
+    after[20:, ps] = 1
+    after[:, t] = 1  # the timer changes on every step; the count only at a spawn
+    after[20:, count] = 1
+    model.fit_phase_steps(before, after)
+    state = before[[0, 20]].clone()
+    up = torch.zeros(2, len(names), dtype=torch.long)
+    up[:, count], up[:, t], up[1, ps] = 1, 1, 1  # the head counts a piece in both rows; row 1 spawns (8 -> 1)
+    nxt = model.next_state(state, model.keep_still_bytes(state, up))
+    assert nxt[:, count].tolist() == [0, 1] and nxt[:, t].tolist() == [1, 1]
+    few = model.phase_still.clone()
+    model.fit_phase_steps(before[:19], after[:19])  # 19 steps: too few to say what stands still
+    assert not model.phase_still.any() and few.any()
 
 
 def test_a_falling_piece_never_steps_onto_a_stacked_block_and_locks_on_it():
@@ -600,10 +699,10 @@ def test_a_falling_piece_never_steps_onto_a_stacked_block_and_locks_on_it():
     last[0, 6 + 5:6 + 7, 12 + 4:12 + 6] = 5  # the piece itself, on board rows 5-6
     down = torch.zeros(1, len(names), dtype=torch.long)
     down[0, y] = 1  # the head's classes: fall a row
-    classes, landed = model.keep_piece_off_the_stack(last, state, down)
+    classes, landed = model.keep_piece_in_play(last, state, down)
     assert int(model.next_state(state, classes)[0, y]) == 6 and not landed.any()  # free: it falls
     last[0, 6 + 7, 12 + 5] = 7  # a stacked block under its right column
-    classes, landed = model.keep_piece_off_the_stack(last, state, down)
+    classes, landed = model.keep_piece_in_play(last, state, down)
     assert int(model.next_state(state, classes)[0, y]) == 5 and landed.all()  # it stays, and has landed
     # a piece that has landed locks: of the steps the game took, one out of the falling state
     ps = names.index("play state")
@@ -615,3 +714,150 @@ def test_a_falling_piece_never_steps_onto_a_stacked_block_and_locks_on_it():
     out = model.phase_step(state, logits, logits.argmax(-1), leave_falling=landed)
     assert int(model.next_state(state, out)[0, ps]) == 2
     assert int(model.next_state(state, model.phase_step(state, logits, logits.argmax(-1)))[0, ps]) == 1
+
+
+def test_a_bot_reads_the_dreams_board_and_piece_off_its_tiles_and_state():
+    world = train.load_world(os.path.join(os.path.dirname(__file__), "..", "checkpoints", "tiles"))
+    dyn = world.dynamics
+    state = world.start("play")
+    ram = world.dream_ram(state)
+    for i, a in enumerate(dyn.addresses):  # the state's bytes sit at their RAM addresses
+        assert ram[int(a)] == int(state[1][0, i])
+    board = torch.from_numpy(ram[0x400:0x400 + 200].reshape(20, 10) != 0xEF)
+    empty = dyn.piece_rule["empty"].view(30, 32)[6:26, 12:22]
+    tokens = state[0].clone()
+    cell = torch.nonzero(~board & ~dyn.piece_tiles(state[1])[0, 6:26, 12:22])[0]  # a free cell, not the piece's
+    tokens[0, -1, 6 + cell[0], 12 + cell[1]] = int(empty[cell[0], cell[1]]) + 1  # a block drawn there
+    board2 = torch.from_numpy(world.dream_ram((tokens,) + state[1:])[0x400:0x400 + 200].reshape(20, 10) != 0xEF)
+    assert board2[cell[0], cell[1]] and int((board2 != board).sum()) == 1
+    world.drop_piece_rule()
+    with pytest.raises(train.CheckpointError, match="piece rule"):
+        world.dream_ram(state)
+
+
+def test_bot_plays_the_dream_and_the_stats_say_what_its_game_did(tmp_path):
+    import main
+    ckpt = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "tiles")
+    out = str(tmp_path / "bot")
+    main.main(["--checkpoint", ckpt, "--headless", "--frames", "60", "--actions", "bot", "--stats", out,
+               "--reference", ""])
+    with open(out + "_stats.json") as f:
+        game = json.load(f)["game"]
+    assert set(game) == {"pieces_spawned", "longest_rest_of_a_falling_piece", "lines", "score"}
+    states = np.loadtxt(out + "_state.csv", delimiter=",", skiprows=1)
+    assert len(states) == 60
+    names = ["play state", "piece y", "lines", "lines hi", "score lo", "score mid", "score hi"]
+    fake = np.zeros((6, len(names)), dtype=int)
+    fake[:, 0] = [8, 1, 1, 1, 2, 1]  # a spawn, two steps at rest, a fall, a lock, a spawn
+    fake[:, 1] = [0, 0, 0, 1, 1, 0]
+    fake[5, 2], fake[5, 4], fake[5, 5] = 0x12, 0x99, 0x01  # lines 12, score 199
+    assert main.dream_game(fake, names) == {"pieces_spawned": 2, "longest_rest_of_a_falling_piece": 1,
+                                            "lines": [0, 12], "score": [0, 199]}
+    with pytest.raises(SystemExit, match="tile world"):
+        main.action_source("bot", 0, None)
+    env = main.NeuralTetris(train.load_world(ckpt), temperature=0.0)
+    env.reset()
+    bot, pressed = main.action_source("bot", 0, env), []
+    for t in range(30):  # the bot steers the piece it reads off the dream: it presses buttons
+        pressed.append(bot(t))
+        env.step(pressed[-1])
+    assert np.array(pressed).any()
+
+
+def _board_model():
+    """A screen-state tile dynamics with a piece rule whose board is 20x10 at tile (6, 12), code 0 empty."""
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="screen", head="local")
+    n = train.TILE_ROWS * train.TILE_COLS
+    empty = torch.full((n,), -1, dtype=torch.long)
+    empty[[(r + 6) * 32 + c + 12 for r in range(20) for c in range(10)]] = 0
+    cells = torch.full((256, 4, 2), -100, dtype=torch.long)
+    cells[3] = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    model.piece_rule = {"cells": cells, "origin": torch.tensor([6, 12]), "board": torch.tensor([20, 10]),
+                        "codes": torch.ones(20, dtype=torch.bool), "empty": empty,
+                        "copy_pairs": torch.zeros(0, 2, 6, dtype=torch.long), "copy_masks": torch.zeros(0, n).bool()}
+    return model
+
+
+def test_full_rows_clear_as_play_leaves_the_line_clear_and_the_rows_above_drop():
+    model = _board_model()
+    frame = torch.zeros(30, 32, dtype=torch.long)
+    frame[6 + 19, 12:22] = 5  # the bottom row full
+    frame[6 + 18, 12:14] = 7  # two blocks on the row above it
+    frame[6 + 17, 12 + 9] = 8
+    frame[6 + 18, 12 + 9] = 5
+    out = model.clear_full_rows(frame)
+    assert out[6 + 19, 12:14].tolist() == [7, 7] and int(out[6 + 19, 12 + 9]) == 5 and int(out[6 + 18, 12 + 9]) == 8
+    assert int((out[6:26, 12:22] != 0).sum()) == 4 and torch.equal(out[:6], frame[:6])  # 4 blocks left, rest kept
+    assert model.board_full(frame[None]).all() and not model.board_full(out[None]).any()
+    # fitted from frames: the step from play state 3 into 4 comes only with a full row, the one into 5 never
+    names = model.state_names
+    ps = names.index("play state")
+    before = torch.zeros(80, len(names), dtype=torch.long)
+    before[:, ps] = 3
+    after = before.clone()
+    after[:40, ps], after[40:, ps] = 4, 5
+    last = torch.stack([frame] * 40 + [out] * 40)
+    model.fit_phase_steps(before, after)
+    model.fit_phase_full(last, before, after)
+    assert sorted(model.phase_full.tolist()) == [0, 1]
+    logits = torch.zeros(1, len(names), 256)
+    logits[0, ps, 2] = 5.0  # the head wants 3 -> 5 (no line), but a row is full: the clear (4) is taken
+    state = before[:1].clone()
+    assert int(model.next_state(state, model.phase_step(state, logits, logits.argmax(-1), last=frame[None]))[0, ps]) == 4
+    logits[0, ps, 2], logits[0, ps, 1] = 0.0, 5.0  # the head wants the clear, but no row is full
+    assert int(model.next_state(state, model.phase_step(state, logits, logits.argmax(-1), last=out[None]))[0, ps]) == 5
+    # in play: through the clear (4) the board stands still with its full row; as play leaves 4, the row clears
+    tiles = torch.full((1, 20, 30, 32), -5.0)
+    tiles[:, 3] = 5.0  # the tile head wants code 3 everywhere
+    now, leave = before[:1].clone(), before[:1].clone()
+    now[0, ps], leave[0, ps] = 4, 7
+    z = model.apply_piece_rule(tiles, frame[None], now, now)
+    assert torch.equal(z[0, 6:26, 12:22], frame[6:26, 12:22])
+    z = model.apply_piece_rule(tiles, frame[None], now, leave)
+    assert torch.equal(z[0, 6:26, 12:22], out[6:26, 12:22])
+
+
+def test_the_frame_counter_times_a_fork_that_it_decides():
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="screen", head="local")
+    names = model.state_names
+    ps, fc, c52 = names.index("play state"), names.index("frame counter"), names.index("0x52")
+    before = torch.zeros(80, len(names), dtype=torch.long)
+    before[:, ps], before[:, fc] = 4, torch.arange(80) * 2  # the frame counter runs 0, 2, 4, ...
+    after = before.clone()
+    after[:, c52] = (before[:, fc] % 4 == 0).long()  # the clear's counter moves on at frame counts 0 mod 4 only
+    model.fit_phase_steps(before, after)
+    model.fit_phase_parity(before, after)
+    stay, move = (model.phase_steps[:, 1, model.phase.index(c52)] == v for v in (0, 1))
+    assert model.phase_parity[move].tolist() == [[True, False, False, False]]
+    assert model.phase_parity[stay].tolist() == [[False, False, True, False]]
+    logits = torch.zeros(2, len(names), 256)
+    logits[:, c52, 0] = 5.0  # the head wants the counter to stay
+    state = before[:2].clone()
+    state[:, fc] = torch.tensor([8, 10])
+    out = model.next_state(state, model.phase_step(state, logits, logits.argmax(-1)))
+    assert out[:, c52].tolist() == [1, 0]
+
+
+def test_the_score_and_the_lines_never_go_down_within_a_game():
+    model = train.TileDynamics(codes=20, history=2, width=16, blocks=2, state="screen", head="local")
+    names = model.state_names
+    lo, mid, mode = names.index("score lo"), names.index("score mid"), names.index("game mode")
+    before = torch.zeros(3, len(names), dtype=torch.long)
+    before[:, mode] = 4
+    before[:, lo] = torch.tensor([0x99, 0x10, 0x20])
+    after = before.clone()
+    after[:, lo] = torch.tensor([0x10, 0x20, 0x00])
+    after[0, mid] = 1  # 99 -> 110
+    after[2, mode] = 3  # 20 -> 0 at a new game (the mode changes)
+    model.fit_monotone(before, after)
+    assert [[names[i] for i in g] for g in model.monotone] == [["lines", "lines hi"], ["score lo", "score mid", "score hi"]]
+    state = before[:2].clone()
+    state[0, lo], state[0, mid] = 0x99, 0x04  # 499
+    classes = torch.zeros(2, len(names), dtype=torch.long)
+    classes[0, lo] = (0x10 - 0x99) % 256  # the head: 499 -> 410
+    classes[1, lo] = 0x10  # 10 -> 20
+    out = model.next_state(state, model.keep_numbers_up(state, classes))
+    assert out[:, lo].tolist() == [0x99, 0x20] and out[:, mid].tolist() == [0x04, 0]
+    after[1, lo] = 0x05  # the data lowered the score once within a game: no rule for it
+    model.fit_monotone(before, after)
+    assert [[names[i] for i in g] for g in model.monotone] == [["lines", "lines hi"]]
