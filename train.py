@@ -3171,15 +3171,7 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
         except RuntimeError as e:
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: does not fit: {str(e).splitlines()[0]}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.dyn_lr, weight_decay=0.01)
-    state_path = os.path.join(out, "dynamics_state.pt")
-    resume = _resume_state(state_path, cfg, DYN_KEYS + ["tile_codes", "tile_state", "tile_head", "tile_byte_map",
-                                                         "state_width", "state_buttons"])
-    log = RunLog(os.path.join(out, "dynamics_log.jsonl"), resume is not None)
-    start = 0
-    if resume:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["opt"])
-        start = resume["epoch"]
+    state_path, log, start = resume_tile_run(model, opt, out, cfg, [])
     sched = cosine_schedule(opt, cfg.dyn_epochs, cfg.dyn_lr, start)
     per_epoch = cfg.dyn_samples_per_epoch or len(train_rows)
     val = np.random.default_rng(cfg.seed).choice(val_rows, min(len(val_rows), 1000), replace=False)
@@ -3231,6 +3223,21 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
                "val_loss": vsums["loss"] / vn} | {f"val_{k}": v / vn for k, v in vsums.items() if k != "loss"}
         end_tile_epoch("tile dynamics", row, log, state_path, model, opt, cfg)
     return finish_tile_dynamics(cfg, model, tokens, cache, train_rows, val, ae_extra, out, log)
+
+
+def resume_tile_run(model: nn.Module, opt, out: str, cfg: Config, keys: list) -> tuple[str, "RunLog", int]:
+    """The tile dynamics' (or state head's) run state: where it is written, its log, and the epoch to start from,
+    with the model and optimiser loaded from it where a run of the same settings (DYN_KEYS, the tile keys and
+    `keys`) stopped before."""
+    state_path = os.path.join(out, "dynamics_state.pt")
+    resume = _resume_state(state_path, cfg, DYN_KEYS + ["tile_codes", "tile_state", "tile_head", "tile_byte_map",
+                                                         "state_width", "state_buttons"] + keys)
+    log = RunLog(os.path.join(out, "dynamics_log.jsonl"), resume is not None)
+    if not resume:
+        return state_path, log, 0
+    model.load_state_dict(resume["model"])
+    opt.load_state_dict(resume["opt"])
+    return state_path, log, resume["epoch"]
 
 
 def end_tile_epoch(label: str, row: dict, log: "RunLog", state_path: str, model: nn.Module, opt, cfg: Config):
@@ -3384,16 +3391,7 @@ def train_state_head(cfg: Config, cache: TileCache, autoencoder: TileAutoencoder
         return [torch.cat(p) for p in zip(*parts)]
 
     opt = torch.optim.AdamW([p for m in head for p in m.parameters()], lr=cfg.dyn_lr, weight_decay=0.01)
-    state_path = os.path.join(out, "dynamics_state.pt")
-    resume = _resume_state(state_path, cfg, DYN_KEYS + ["tile_codes", "tile_state", "tile_head", "tile_byte_map",
-                                                         "state_width", "state_buttons", "tile_fit", "state_dropout",
-                                                         "state_local_board"])
-    log = RunLog(os.path.join(out, "dynamics_log.jsonl"), resume is not None)
-    start = 0
-    if resume:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["opt"])
-        start = resume["epoch"]
+    state_path, log, start = resume_tile_run(model, opt, out, cfg, ["tile_fit", "state_dropout", "state_local_board"])
     if start < cfg.dyn_epochs:  # the trunk's features, computed once and kept in the cache directory
         key = hashlib.sha256(f"{state_hash(init.state_dict())} {cache.fingerprint} {cfg.history} {cfg.seed} "
                              f"{cfg.val_frac} {model.state_buttons}".encode()).hexdigest()[:16]
