@@ -1610,16 +1610,15 @@ class TileDynamics(nn.Module):
         tile that is not its empty code, outside the piece's cells; the walls and the floor count as stack, the
         rows above the board as free), then where the piece's own cells are. Zeros until the piece rule is set."""
         b, k = len(state), LOCAL_BOARD
-        rule = self.piece_rule
-        if not rule:
+        if not self.piece_rule:
             return torch.zeros(b, 2 * k * k, device=state.device)
-        (r0, c0), (nr, nc) = rule["origin"].tolist(), rule["board"].tolist()
-        empty = rule["empty"].view(TILE_ROWS, TILE_COLS)[r0:r0 + nr, c0:c0 + nc]
-        piece = self.piece_tiles(state)[:, r0:r0 + nr, c0:c0 + nc]
-        stack = (last[:, r0:r0 + nr, c0:c0 + nc] != empty) & (empty >= 0) & ~piece
+        rows, cols, empty = self.board_region()
+        piece = self.piece_tiles(state)[:, rows, cols]
+        stack = (last[:, rows, cols] != empty) & (empty >= 0) & ~piece
         half = k // 2
         stack = F.pad(F.pad(stack.float(), (half, half, 0, half), value=1.0), (0, 0, half, 0), value=0.0)
         piece = F.pad(piece.float(), (half, half, half, half), value=0.0)
+        nr, nc = empty.shape
         x, y = state[:, self.piece[0]].long().clamp(0, nc - 1), state[:, self.piece[1]].long().clamp(0, nr - 1)
         rows = (y[:, None] + torch.arange(k, device=state.device))[:, :, None]  # padded coordinates: y - half + i
         cols = (x[:, None] + torch.arange(k, device=state.device))[:, None, :]
@@ -1946,13 +1945,19 @@ class TileDynamics(nn.Module):
             values[:, self.phase] = True
             self.phase_values = {"pairs": pairs, "values": values}
 
+    def board_region(self) -> tuple[slice, slice, torch.Tensor]:
+        """The board's screen rows and columns (slices of the 30x32 tile map) and its empty well's code at each
+        of its cells (rows, columns), by the piece rule's tables."""
+        rule = self.piece_rule
+        (r0, c0), (nr, nc) = rule["origin"].tolist(), rule["board"].tolist()
+        rows, cols = slice(r0, r0 + nr), slice(c0, c0 + nc)
+        return rows, cols, rule["empty"].view(TILE_ROWS, TILE_COLS)[rows, cols]
+
     def board_full(self, last) -> torch.Tensor:
         """(B,) bool: whether a board row of the frame's codes (B, 30, 32) shows a block in every cell (no tile with
         its empty well's code), by the piece rule's tables."""
-        rule = self.piece_rule
-        (r0, c0), (nr, nc) = rule["origin"].tolist(), rule["board"].tolist()
-        empty = rule["empty"].view(TILE_ROWS, TILE_COLS)[r0:r0 + nr, c0:c0 + nc]
-        return (last[:, r0:r0 + nr, c0:c0 + nc] != empty).all(-1).any(-1)
+        rows, cols, empty = self.board_region()
+        return (last[:, rows, cols] != empty).all(-1).any(-1)
 
     def fit_phase_full(self, last, before, after, min_steps: int = 20):
         """last (N, 30, 32): the codes of training frames, before and after (N, S) their state bytes and the next
@@ -1970,9 +1975,13 @@ class TileDynamics(nn.Module):
         out[enough & (share == 1)] = 1
         out[enough & (share == 0)] = 0
         # only where the row decides: from phase values with both a step always taken with a full row and one never
-        same_from = (self.phase_steps[:, None, 0] == self.phase_steps[None, :, 0]).all(-1)  # (P, P)
+        same_from = self.phase_same_from()
         fork = (same_from & (out[None] == 1)).any(1) & (same_from & (out[None] == 0)).any(1)
         self.phase_full = torch.where(fork, out, torch.full_like(out, -1))
+
+    def phase_same_from(self) -> torch.Tensor:
+        """(P, P) bool: which phase steps start from the same values of the phase bytes."""
+        return (self.phase_steps[:, None, 0] == self.phase_steps[None, :, 0]).all(-1)
 
     def phase_step_of(self, before, after) -> torch.Tensor:
         """before, after (N, S) state bytes -> (N,) the index in phase_steps of each row's step (0 where unseen)."""
@@ -1995,7 +2004,7 @@ class TileDynamics(nn.Module):
         seen = torch.zeros(len(self.phase_steps), 4, dtype=torch.bool)
         seen[at, fc] = True
         enough = self.phase_counts >= min_steps
-        same_from = (self.phase_steps[:, None, 0] == self.phase_steps[None, :, 0]).all(-1)
+        same_from = self.phase_same_from()
         others = same_from & ~torch.eye(len(seen), dtype=torch.bool) & enough[None]
         overlap = (others & ((seen.float() @ seen.float().T) > 0)).any(1)
         decisive = enough & others.any(1) & ~overlap
@@ -2028,7 +2037,7 @@ class TileDynamics(nn.Module):
     def number(self, state, group) -> torch.Tensor:
         """(B,) the number a group of binary-coded-decimal state bytes prints, least significant byte first."""
         v = state[:, group].long()
-        return ((v >> 4) * 10 + (v & 15) * 1) @ (100 ** torch.arange(len(group), device=state.device))
+        return ((v >> 4) * 10 + (v & 15)) @ (100 ** torch.arange(len(group), device=state.device))
 
     def fit_monotone(self, before, after):
         """before, after (N, S) -> monotone: the groups of BCD bytes (the lines, the score) whose number never went
@@ -2114,17 +2123,15 @@ class TileDynamics(nn.Module):
         """One frame's codes (30, 32) -> the same with its full board rows (a block in every cell) removed and the
         rows above them dropped, the well's empty codes coming in at the top: the board after a line clear, as the
         game's board RAM has it (rows above a cleared one drop by one row per cleared row below them)."""
-        rule = self.piece_rule
-        (r0, c0), (nr, nc) = rule["origin"].tolist(), rule["board"].tolist()
-        empty = rule["empty"].view(TILE_ROWS, TILE_COLS)[r0:r0 + nr, c0:c0 + nc]
-        board = frame[r0:r0 + nr, c0:c0 + nc]
+        rows, cols, empty = self.board_region()
+        board = frame[rows, cols]
         filled = board != empty
-        rows = torch.nonzero(~filled.all(1)).flatten()  # the rows that stay, top to bottom
+        kept = torch.nonzero(~filled.all(1)).flatten()  # the rows that stay, top to bottom
         dropped_filled = torch.zeros_like(filled)
         dropped = empty.clone()
-        dropped_filled[nr - len(rows):], dropped[nr - len(rows):] = filled[rows], board[rows]
+        dropped_filled[len(board) - len(kept):], dropped[len(board) - len(kept):] = filled[kept], board[kept]
         out = frame.clone()
-        out[r0:r0 + nr, c0:c0 + nc] = torch.where(dropped_filled, dropped, empty)
+        out[rows, cols] = torch.where(dropped_filled, dropped, empty)
         return out
 
     def allowed_tiles(self, next_state):
@@ -2246,18 +2253,16 @@ class TileWorld:
         their addresses, and the board (20x10 at board_address, `empty` where a cell is free) read off the last
         frame's tiles with the piece rule's tables: a cell holds a block where its tile is not the empty well's
         code, outside the falling piece's own cells."""
-        rule = self.dynamics.piece_rule
-        if not rule:
+        if not self.dynamics.piece_rule:
             raise CheckpointError("a bot reads the dream's board through the piece rule, and this checkpoint has none "
                                   "(or it was switched off with --piece-rule off)")
         tokens, hidden, _ = state
         ram = np.zeros(2048, dtype=np.uint8)
         ram[np.asarray(self.dynamics.addresses)] = hidden[0].cpu().numpy().astype(np.uint8)
-        (r0, c0), (nr, nc) = rule["origin"].tolist(), rule["board"].tolist()
-        empty_codes = rule["empty"].view(TILE_ROWS, TILE_COLS)[r0:r0 + nr, c0:c0 + nc]
-        piece = self.dynamics.piece_tiles(hidden[:1])[0, r0:r0 + nr, c0:c0 + nc]
-        filled = (tokens[0, -1, r0:r0 + nr, c0:c0 + nc] != empty_codes) & ~piece
-        ram[board_address:board_address + nr * nc] = np.where(filled.flatten().cpu().numpy(), block, empty)
+        rows, cols, empty_codes = self.dynamics.board_region()
+        piece = self.dynamics.piece_tiles(hidden[:1])[0, rows, cols]
+        filled = (tokens[0, -1, rows, cols] != empty_codes) & ~piece
+        ram[board_address:board_address + filled.numel()] = np.where(filled.flatten().cpu().numpy(), block, empty)
         return ram
 
     @torch.no_grad()
@@ -3295,8 +3300,8 @@ def finish_tile_dynamics(cfg: Config, model: TileDynamics, tokens, cache: TileCa
     if model.mode is not None:
         board = torch.zeros(TILE_ROWS * TILE_COLS, dtype=torch.bool)
         if model.piece_rule:  # the board's tiles are the board's: no byte decides them
-            (r0, c0), (nr, nc) = model.piece_rule["origin"].tolist(), model.piece_rule["board"].tolist()
-            board.view(TILE_ROWS, TILE_COLS)[r0:r0 + nr, c0:c0 + nc] = True
+            rows, cols, _ = model.board_region()
+            board.view(TILE_ROWS, TILE_COLS)[rows, cols] = True
         model.byte_tiles = fit_byte_tiles(tokens, cache.ram, train_rows, model.addresses, GAME_MODE,
                                           purity=cfg.byte_tile_purity, exclude=board)
         bt = model.byte_tiles
