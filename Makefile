@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data train train-tiles train-tiles-round7 train-tiles-head-other train-tiles-screen-wide train-tiles-round6 train-tiles-long train-tiles-round5 train-tiles-hidden train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
+.PHONY: play test venv data train train-tiles train-tiles-round9 train-tiles-round7 train-tiles-head-other train-tiles-screen-wide train-tiles-round6 train-tiles-long train-tiles-round5 train-tiles-hidden train-phase1 train-long train-conv train-discrete train-flow train-l1 candidate sweeps evaluate bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -91,16 +91,23 @@ candidate: venv
 sweeps: venv
 	for s in perceptual latent_noise capacity vae_beta multistep; do $(PY) sweep.py configs/sweeps/$$s.yaml || exit 1; done
 
-# Issue #3's round 8: the tile world that ships in checkpoints/tiles. First round 7: native 8x8 tiles as codes, conv
+# Issue #3's round 10: the tile world that ships in checkpoints/tiles. First round 7: native 8x8 tiles as codes, conv
 # dynamics with a recurrent state of RAM bytes (round 6's, plus the piece counts, lines and score the screen prints),
 # each byte drawn as a learnt map of where the screen shows it (configs/tetris_tiles_screen.yaml; about 22 min on 2
-# cores). Then round 8: a wider state head fitted alone on round 7's frozen trunk, every training row each epoch, and
-# the play rules learnt from the data; the head also reads the board around the piece
-# (configs/tetris_tiles_head_local.yaml; about 11 min, 4 of them the trunk's features, then cached).
+# cores). Then rounds 8 to 10: a wider state head fitted alone on round 7's frozen trunk, every training row each
+# epoch, reading the board around the piece, beside a play head for the bytes of play that reads no number the screen
+# prints, and the play rules learnt from the data (configs/tetris_tiles_play_head.yaml; about 12 min, 4 of them the
+# trunk's features, then cached).
 train-tiles: venv
 	$(PY) train.py --config configs/tetris_tiles_screen.yaml --dataset data/tetris_train
+	mkdir -p runs/tetris_tiles_play_head && cp runs/tetris_tiles_screen/autoencoder.pt runs/tetris_tiles_play_head/
+	$(PY) train.py --config configs/tetris_tiles_play_head.yaml --dataset data/tetris_train --stage dynamics --export checkpoints/tiles
+
+# Rounds 8 and 9 (shipped in checkpoints/tiles before round 10): the state head alone, without the play head (the play
+# rules it exports are this code's, round 10's numbers among them). Run after the first line of make train-tiles.
+train-tiles-round9: venv
 	mkdir -p runs/tetris_tiles_head_local && cp runs/tetris_tiles_screen/autoencoder.pt runs/tetris_tiles_head_local/
-	$(PY) train.py --config configs/tetris_tiles_head_local.yaml --dataset data/tetris_train --stage dynamics --export checkpoints/tiles
+	$(PY) train.py --config configs/tetris_tiles_head_local.yaml --dataset data/tetris_train --stage dynamics --export runs/tetris_tiles_head_local/export
 
 # Round 7 alone (shipped in checkpoints/tiles before round 8): the first line of make train-tiles, exported.
 train-tiles-round7: venv

@@ -501,6 +501,7 @@ def parse_args(argv=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    torch.set_flush_denormal(True)  # subnormal numbers as zero: see train.main
     torch.manual_seed(args.seed)
     t0 = time.time()
     try:

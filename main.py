@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from collect import ACTION_NAMES, RandomPolicy, TetrisBot, keys_to_action
-from train import (CheckpointError, FlowDynamicsModel, TileWorld, WorldModel, load_frames, load_world, save_figure,
-                   to_gray80)
+from train import (GAME_OVER_STATE, CheckpointError, FlowDynamicsModel, TileWorld, WorldModel, load_frames, load_world,
+                   save_figure, to_gray80)
 
 HELP = "arrows  X=A  Z=B  Enter=START  RShift=SELECT  R=reset  -/= temperature  Esc=quit"
 WIDTH, HEIGHT, BAR = 512, 480, 44  # the NES's 256x240 aspect, doubled, plus a status bar
@@ -41,6 +41,9 @@ RULE_SWITCHES = (  # main.py's --FLAG on|off: the tile world's play rules, and t
     ("--gravity", "drop_gravity", "make a falling piece fall a row where its fall timer resets or passes the longest "
                                   "wait the data showed at its level, or where DOWN is held and the soft-drop counter "
                                   "steps as it did on the data's falls"),
+    ("--numbers", "drop_numbers", "count the numbers the screen prints (piece counts, lines, score) in decimal past "
+                                  "the values the data showed, and draw their digits from the codes their units "
+                                  "digit showed"),
     ("--state-transitions", "drop_state_transitions", "let each state byte take only steps it took in the data"),
 )
 
@@ -369,13 +372,16 @@ def bcd(*values) -> int:
 
 def dream_game(states: np.ndarray, names) -> dict:
     """A tile world's state bytes at every frame (T, S) -> what its game did: the pieces that spawned (entries
-    into the falling state), the lines and the score it counted, and the most frames a falling piece spent without
-    falling a row (a piece that hovers or rests without locking shows here)."""
+    into the falling state), the lines and the score it counted, the most frames a falling piece spent without
+    falling a row (a piece that hovers or rests without locking shows here), and the second of the first game over
+    (None if none; at 30 frames a second)."""
     col = {n: [int(v) for v in states[:, names.index(n)]] for n in names}
     out = {}
     if "play state" in col:
         falling = np.array(col["play state"]) == 1
         out["pieces_spawned"] = int((falling[1:] & ~falling[:-1]).sum())
+        over = np.flatnonzero(np.array(col["play state"]) == GAME_OVER_STATE)
+        out["game_over_at_s"] = round(float(over[0]) / 30, 1) if len(over) else None
         if "piece y" in col:
             run = longest = 0
             for t in range(1, len(states)):
@@ -451,6 +457,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    torch.set_flush_denormal(True)  # subnormal numbers as zero: see train.main
     if not args.headless and not args.benchmark and not display_available():
         print("main.py: no display found (DISPLAY is not set): running headless instead; "
               "pass --record out.gif to see what was played")

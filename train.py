@@ -124,6 +124,12 @@ class Config:
     state_dropout: float = 0.0         # tile_fit state_head: dropout on the state head's input while it trains
     state_local_board: int = 0         # tile_fit state_head: 1 = the state head also reads the board around the piece
                                        # (a 7x7 window of the stack and of the piece's cells, from the piece rule)
+    clear_lines: int = 0               # tile dynamics: 1 = fit and store the line-clear rule (round 10, not shipped):
+                                       # as play leaves a clear, the lines go up by the full rows on screen
+    state_play_head: int = 0           # tile_fit state_head: > 0 = the width of a second state head, for the bytes of
+                                       # play (all but the numbers the screen prints and the level), that reads no
+                                       # counter, lines or score byte and only the frame counter mod 4, with the
+                                       # buttons, the board window and the full rows (round 10); 0 = none
     byte_tile_purity: float = 0.85     # tile dynamics: a tile is drawn from the state's bytes in play (byte tiles)
                                        # where one byte or a pair decides its code on this share of the training
                                        # frames that play (the preview: 88-95%, as SELECT can hide it; digits: 99.8%)
@@ -146,6 +152,11 @@ class Config:
         if self.state_local_board not in (0, 1) or (self.state_local_board and self.tile_fit != "state_head"):
             raise ValueError("state_local_board must be 0 or 1, and 1 only with tile_fit state_head (the piece rule "
                              "it reads is fitted before the head trains)")
+        if self.clear_lines not in (0, 1):
+            raise ValueError(f"clear_lines must be 0 or 1, not {self.clear_lines}")
+        if self.state_play_head < 0 or (self.state_play_head and not self.state_local_board):
+            raise ValueError(f"state_play_head must be >= 0, and > 0 only with state_local_board 1 (the play head reads "
+                             f"the board window), not {self.state_play_head}")
         if self.tile_head not in ("pooled", "local"):
             raise ValueError(f"tile_head must be pooled or local, not {self.tile_head!r}")
         if self.state_width < 0 or self.state_buttons not in (0, 1):
@@ -1192,11 +1203,16 @@ TILE_STATES = {  # Config.tile_state -> (name, RAM address) of each byte of the 
 FALLING_STATE = 1  # the play state byte's value while a piece falls (../shared/NOTES.md)
 DOWN_BUTTON, LEFT_BUTTON, RIGHT_BUTTON = 5, 6, 7  # in the 8-button vector (A, B, SELECT, START, UP, DOWN, LEFT, RIGHT)
 BCD_NUMBERS = (("lines", "lines hi"), ("score lo", "score mid", "score hi"))  # state bytes that print one number
+# and every number the screen prints: each piece's count (its low byte), the lines, the score
+PRINTED_NUMBERS = tuple((f"count {p}",) for p in "TJZOSLI") + BCD_NUMBERS
 GAME_OVER_STATE = 10  # the play state byte's value at a game over (NOTES.md)
 PIECE_LIFE = (1, 8)  # the play states of a piece's life: falling, lock, line clear, spawn (NOTES.md; 10 is game over)
 # the bytes that say which phase of a piece's life the game is in (falling, locking, clearing lines, spawning):
 # play moves them only along steps the training data took together (TileDynamics.phase_step)
 LOCAL_BOARD = 7  # the side of the board window the state head reads around the piece (state_local_board)
+# the numbers the screen prints: a play head (state_play_head) neither reads nor predicts them. Round 9's one state head
+# read every byte, and at counter values the training data showed a few dozen times it refused the bot's every move
+NUMBER_BYTES = tuple(f"count {p}" for p in "TJZOSLI") + ("lines", "lines hi", "score lo", "score mid", "score hi")
 PHASE_BYTES = ("play state", "board row being drawn", "0x52", "0x56", "clear animation", "game mode")
 
 
@@ -1463,7 +1479,7 @@ class TileDynamics(nn.Module):
 
     def __init__(self, codes: int, history: int = 2, width: int = 48, blocks: int = 8, state="hidden",
                  head: str = "pooled", byte_map: bool = False, state_width: int = 0, state_buttons: bool = False,
-                 local_board: bool = False):
+                 local_board: bool = False, play_width: int = 0):
         super().__init__()
         spec = TILE_STATES[state] if isinstance(state, str) else state  # a name, or ((name, address), ...)
         self.state_names = [name for name, _ in spec]
@@ -1495,6 +1511,16 @@ class TileDynamics(nn.Module):
         sw = state_width or 4 * width
         self.state_head = nn.Sequential(nn.Linear(head_in, sw), nn.GELU(), nn.Linear(sw, sw), nn.GELU(),
                                         nn.Linear(sw, state_size * 256))
+        self.play_head = None  # (round 10) the bytes of play from what play depends on: no number the screen prints
+        if play_width:
+            names = self.state_names
+            self.play_reads = [i for i, n in enumerate(names) if n not in NUMBER_BYTES and n != "frame counter"]
+            self.play_bytes = [i for i, n in enumerate(names) if n not in NUMBER_BYTES and n != "level"]
+            self.play_embed = nn.Embedding(len(self.play_reads) * 256, 16)
+            play_in = 16 * len(self.play_reads) + 4 + 8 * history + 2 * LOCAL_BOARD ** 2 + 5
+            self.play_head = nn.Sequential(nn.Linear(play_in, play_width), nn.GELU(), nn.Linear(play_width, play_width),
+                                           nn.GELU(), nn.Linear(play_width, len(self.play_bytes) * 256))
+            self.register_buffer("play_offsets", torch.arange(len(self.play_reads)) * 256, persistent=False)
         self.byte_map = byte_map
         if byte_map:
             self.byte_map_now, self.byte_map_next = ByteMap(state_size, width), ByteMap(state_size, width)
@@ -1547,6 +1573,12 @@ class TileDynamics(nn.Module):
         # the numbers (BCD_NUMBERS) that never went down within a game in the training data (lists of byte indices;
         # stored as monotone; round 9): play never lowers them. Empty until set
         self.monotone = []
+        # the numbers the screen prints, their tiles and their digits' codes (round 10; fit_numbers, stored as
+        # numbers): play counts them in decimal past the values the data showed and draws their digits. Empty until set
+        self.numbers = []
+        # whether the lines went up by the full rows each line clear started with, on every clear of the training data
+        # (round 10; fit_clear_lines, stored as clear_lines): play then counts them so. False until set
+        self.clear_lines = False
         # the falling piece's (column, orientation), (row, orientation) and (play state, orientation) pairs seen in
         # the training data (3, 256, 256; stored as piece_support; round 8's have the first two): a step to a pair
         # the game never showed (a block past the wall or the floor, a falling piece with no orientation) keeps the
@@ -1561,7 +1593,8 @@ class TileDynamics(nn.Module):
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int = 0) -> "TileDynamics":
         return cls(cfg.tile_codes, cfg.history, cfg.hidden, cfg.conv_blocks, cfg.tile_state, cfg.tile_head,
-                   bool(cfg.tile_byte_map), cfg.state_width, bool(cfg.state_buttons), bool(cfg.state_local_board))
+                   bool(cfg.tile_byte_map), cfg.state_width, bool(cfg.state_buttons), bool(cfg.state_local_board),
+                   cfg.state_play_head)
 
     def _state_vector(self, table, state):
         return table(state.long() + self.offsets).sum(1)  # (B, width)
@@ -1580,11 +1613,30 @@ class TileDynamics(nn.Module):
     def trunk(self, tokens, state, a_hist):
         """tokens (B, K, 30, 32) codes, state (B, S) bytes, a_hist (B, K, 8) -> features (B, width, 30, 32)
         and the state head's logits (B, S, 256)."""
-        h, head_in = self.trunk_features(tokens, state, a_hist)
-        return h, self.state_head(head_in).view(len(tokens), self.state_size, 256)
+        window = self.board_window(tokens[:, -1], state) if self.local_board else None
+        h, head_in = self.trunk_features(tokens, state, a_hist, window)
+        logits = self.state_head(head_in).view(len(tokens), self.state_size, 256)
+        if self.play_head is not None:
+            logits = self.with_play_logits(logits, state, a_hist, window, self.full_rows(tokens[:, -1]))
+        return h, logits
 
-    def trunk_features(self, tokens, state, a_hist):
-        """-> the trunk's features (B, width, 30, 32) and the state head's input (B, head_in)."""
+    def with_play_logits(self, logits, state, a_hist, window, full):
+        """The state head's logits (B, S, 256) with the play head's in place at the bytes of play (play_bytes). The
+        play head reads the state's bytes but the numbers the screen prints and the frame counter (play_reads), the
+        frame counter mod 4 (the line clear's pace), the buttons (B, K, 8), the board window (B, 2 * LOCAL_BOARD ** 2)
+        and the number of full board rows (B,)."""
+        parts = [self.play_embed(state[:, self.play_reads].long() + self.play_offsets).flatten(1),
+                 F.one_hot(state[:, self.frame_counter].long() % 4, 4).float() if self.frame_counter is not None
+                 else torch.zeros(len(state), 4, device=state.device),
+                 a_hist.flatten(1).float(), window.float(), F.one_hot(full.long().clamp(0, 4), 5).float()]
+        play = self.play_head(torch.cat(parts, 1)).view(len(state), len(self.play_bytes), 256)
+        logits = logits.clone()
+        logits[:, self.play_bytes] = play.to(logits.dtype)
+        return logits
+
+    def trunk_features(self, tokens, state, a_hist, window=None):
+        """-> the trunk's features (B, width, 30, 32) and the state head's input (B, head_in); `window` is the
+        board window where the caller has it already."""
         x = self.embed(tokens).permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, K * width, 30, 32)
         g = self._state_vector(self.state_embed, state) + self.buttons(a_hist.flatten(1).float())
         x = self.inp(x) + self.pos + g[:, :, None, None]
@@ -1601,7 +1653,7 @@ class TileDynamics(nn.Module):
         if self.state_buttons:
             pooled.append(a_hist.flatten(1).float())
         if self.local_board:
-            pooled.append(self.board_window(tokens[:, -1], state))
+            pooled.append(self.board_window(tokens[:, -1], state) if window is None else window)
         return h, torch.cat(pooled, dim=1)
 
     def board_window(self, last, state):
@@ -1636,9 +1688,12 @@ class TileDynamics(nn.Module):
         return F.gelu(self.out_norm(h)).flatten(2).transpose(1, 2)
 
     def tile_logits(self, h, tokens, next_state):
-        """-> (B, codes, 30, 32) logits of the next codes, given the next state (B, S)."""
-        logits = self.out(self.tile_features(h, next_state)).transpose(1, 2).reshape(len(h), -1, TILE_ROWS, TILE_COLS)
-        return logits.scatter_add(1, tokens[:, -1:], self.copy_bonus.expand(len(h), 1, TILE_ROWS, TILE_COLS))
+        """-> (B, codes, 30, 32) logits of the next codes, given the next state (B, S): a view of the (B, 30, 32,
+        codes) the tile head computes (copying it into that order took a sixth of a play step)."""
+        flat = self.out(self.tile_features(h, next_state))  # (B, 960, codes)
+        flat = flat.scatter_add(2, tokens[:, -1].flatten(1)[:, :, None],
+                                self.copy_bonus.expand(len(h), TILE_ROWS * TILE_COLS, 1))
+        return flat.view(len(h), TILE_ROWS, TILE_COLS, -1).permute(0, 3, 1, 2)
 
     def loss(self, tokens, state, a_hist, next_tokens, next_state, change_weight: float = 0.0, unchanged: int = 32,
              feed: bool = False):
@@ -1684,6 +1739,8 @@ class TileDynamics(nn.Module):
         values = self.next_state(state[:, :, None], torch.arange(256, device=state.device))  # (B, S, 256)
         byte = torch.arange(self.state_size, device=state.device)[:, None]
         allowed = self.support[byte, values] & self.transitions[byte, state.long()[:, :, None], values]
+        if self.numbers:  # a number may go past the values the data showed (count_in_decimal keeps it decimal)
+            allowed[:, self.number_bytes()] = True
         state_logits = state_logits.masked_fill(~allowed, float("-inf"))
         classes = state_logits.argmax(-1)
         if self.phase_steps is not None and len(self.phase_steps):
@@ -1711,14 +1768,20 @@ class TileDynamics(nn.Module):
             classes = self.keep_still_bytes(state, classes, state_logits)
         if self.monotone:
             classes = self.keep_numbers_up(state, classes)
+        if self.clear_lines and self.piece_rule:
+            classes = self.count_cleared_lines(tokens[:, -1], state, classes)
+        if self.numbers:
+            classes = self.count_in_decimal(state, classes)
         next_state = self.next_state(state, classes)
         logits = self.tile_logits(h, tokens, next_state)
         allowed = self.allowed_tiles(next_state)
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed, float("-inf"))
+        if allowed is not None:  # (torch.where reads the two views in order; masked_fill took 3x as long)
+            logits = torch.where(allowed, logits, float("-inf"))
         codes = self.apply_piece_rule(logits, tokens[:, -1], state, next_state) if self.piece_rule else logits.argmax(1)
         if self.byte_tiles:
             codes = self.apply_byte_tiles(codes, next_state)
+        if self.numbers:
+            codes = self.apply_numbers(codes, next_state)
         return codes, next_state.to(state.dtype)
 
     def apply_byte_tiles(self, codes, next_state):
@@ -1953,11 +2016,17 @@ class TileDynamics(nn.Module):
         rows, cols = slice(r0, r0 + nr), slice(c0, c0 + nc)
         return rows, cols, rule["empty"].view(TILE_ROWS, TILE_COLS)[rows, cols]
 
-    def board_full(self, last) -> torch.Tensor:
-        """(B,) bool: whether a board row of the frame's codes (B, 30, 32) shows a block in every cell (no tile with
-        its empty well's code), by the piece rule's tables."""
+    def full_rows(self, last) -> torch.Tensor:
+        """(B,) the board rows of the frame's codes (B, 30, 32) that show a block in every cell (no tile with its
+        empty well's code), by the piece rule's tables; zeros until the piece rule is set."""
+        if not self.piece_rule:
+            return torch.zeros(len(last), dtype=torch.long, device=last.device)
         rows, cols, empty = self.board_region()
-        return (last[:, rows, cols] != empty).all(-1).any(-1)
+        return (last[:, rows, cols] != empty).all(-1).sum(-1)
+
+    def board_full(self, last) -> torch.Tensor:
+        """(B,) bool: whether a board row of the frame's codes (B, 30, 32) is full (full_rows)."""
+        return self.full_rows(last) > 0
 
     def fit_phase_full(self, last, before, after, min_steps: int = 20):
         """last (N, 30, 32): the codes of training frames, before and after (N, S) their state bytes and the next
@@ -2027,6 +2096,9 @@ class TileDynamics(nn.Module):
             ps = self.play_state
             seen = (pairs[None, :, 0] == state[:, None, ps]) & (pairs[None, :, 1] == nxt[:, None, ps])  # (B, Q)
             allowed = self.phase_values["values"].to(state.device)[seen.float().argmax(1)] | ~seen.any(1)[:, None, None]
+            if self.numbers:  # a number may take a value the data never showed over this step
+                allowed = allowed.clone()
+                allowed[:, self.number_bytes()] = True
             ok = allowed.gather(2, self.next_state(state[:, :, None], torch.arange(256, device=state.device)))
             logits = state_logits.masked_fill(~ok, float("-inf"))  # (B, S, 256) by class
             fine = ok.gather(2, classes[:, :, None]).squeeze(2)
@@ -2040,13 +2112,156 @@ class TileDynamics(nn.Module):
         return ((v >> 4) * 10 + (v & 15)) @ (100 ** torch.arange(len(group), device=state.device))
 
     def fit_monotone(self, before, after):
-        """before, after (N, S) -> monotone: the groups of BCD bytes (the lines, the score) whose number never went
-        down over a step of the training data that kept the game mode."""
+        """before, after (N, S) -> monotone: the groups of BCD bytes (the piece counts since round 10, the lines, the
+        score) whose number never went down over a step of the training data that kept the game mode."""
         before, after = torch.as_tensor(before).long(), torch.as_tensor(after).long()
         same = before[:, self.mode] == after[:, self.mode] if self.mode is not None else torch.ones(len(before)).bool()
-        self.monotone = [g for g in ([self.state_names.index(n) for n in names] for names in BCD_NUMBERS
-                                     if all(n in self.state_names for n in names))
+        self.monotone = [g for g in self.number_groups()
                          if not (self.number(after, g) < self.number(before, g))[same].any()]
+
+    def number_bytes(self) -> list:
+        """The state bytes of the fitted numbers."""
+        return [int(b) for number in self.numbers for b in number["bytes"]]
+
+    def number_groups(self) -> list:
+        """The byte indices (least significant first) of each of PRINTED_NUMBERS the state holds."""
+        return [[self.state_names.index(n) for n in names] for names in PRINTED_NUMBERS
+                if all(n in self.state_names for n in names)]
+
+    def fit_numbers(self, codes, states, mode: int = 4, min_share: float = 0.99):
+        """codes (N, 30, 32) and states (N, S) of training frames in game mode `mode` (play) -> numbers (round 10).
+        For each group of number_groups whose bytes held only binary-coded decimal in the data:
+        - the tile of its units digit: the tile whose code the lowest byte's low nibble decides on min_share of the
+          frames, with ten codes for ten digits (the digits' codes); or, where fewer digits showed, the tile that
+          shows them in another number's digit codes on min_share of the frames;
+        - the tiles left of it that show its next digits, each the digits' code of the next nibble on min_share of
+          the frames (the first that is not ends the number).
+        Play then counts past the values the data showed (a count of 9 goes to 10, not back to 9) and draws each
+        digit from its nibble. Round 9's bot game counted no piece past 9, as the 80 s training episodes never did."""
+        codes = torch.as_tensor(codes).long().flatten(1)  # (N, 960)
+        states = torch.as_tensor(states).long()
+        n_codes = int(codes.max()) + 1 if len(codes) else 1
+        moving = torch.nonzero((codes != codes[:1]).any(0)).flatten() if len(codes) else torch.zeros(0).long()
+        groups = [g for g in self.number_groups() if len(codes)
+                  and not ((states[:, g] >> 4) > 9).any() and not ((states[:, g] & 15) > 9).any()]
+        found = {}
+        for g in groups:  # the numbers whose units digit took all ten values: their tile and the digits' codes
+            low = states[:, g[0]] & 15
+            if len(torch.unique(low)) < 10 or not len(moving):
+                continue
+            table = torch.zeros(len(moving), 10, n_codes, dtype=torch.long)
+            keys = (torch.arange(len(moving))[None] * 10 + low[:, None]) * n_codes + codes[:, moving]
+            table.view(-1).index_add_(0, keys.flatten(), torch.ones(keys.numel(), dtype=torch.long))
+            share = table.amax(2).sum(1).float() / len(codes)  # (P,)
+            digits = table.argmax(2)  # (P, 10)
+            share = share * torch.tensor([len(torch.unique(row)) == 10 for row in digits]).float()
+            if share.max() >= min_share:
+                found[tuple(g)] = (int(moving[share.argmax()]), digits[share.argmax()])
+        fonts = [digits for _, digits in found.values()]
+        for g in groups:  # a number whose units digit showed fewer values: the tile that draws them in a font found
+            if tuple(g) in found:
+                continue
+            low = states[:, g[0]] & 15
+            for digits in fonts:
+                share = (codes[:, moving] == digits[low][:, None]).float().mean(0)
+                if len(share) and share.max() >= min_share:
+                    found[tuple(g)] = (int(moving[share.argmax()]), digits)
+                    break
+        self.numbers = []
+        for g in groups:
+            if tuple(g) not in found:
+                continue
+            units, digits = found[tuple(g)]
+            positions = [units]
+            for k in range(1, 2 * len(g)):  # the next digits, leftwards, while each tile shows its nibble's code
+                p = units - k
+                nibble = (states[:, g[k // 2]] >> (4 * (k % 2))) & 15
+                if p // TILE_COLS != units // TILE_COLS or (codes[:, p] == digits[nibble]).float().mean() < min_share:
+                    break
+                positions.append(p)
+            self.numbers.append({"bytes": torch.tensor(g), "positions": torch.tensor(positions), "digits": digits,
+                                 "mode": torch.tensor(mode)})
+
+    def clear_states(self) -> torch.Tensor:
+        """The play states that a phase step taken only with a full board row on screen leads to (the line clear)."""
+        if self.phase_full is None or self.play_state not in self.phase:
+            return torch.zeros(0, dtype=torch.long)
+        return self.phase_steps[self.phase_full == 1][:, 1, self.phase.index(self.play_state)].long()
+
+    def fit_clear_lines(self, full, states, same, min_share: float = 0.99):
+        """full (N,): the full board rows on screen of consecutive training frames, states (N, S) their bytes, same
+        (N,) bool: whether frame n + 1 is of the same episode -> clear_lines (round 10): whether, on at least
+        min_share of the line clears that the data showed whole, the lines went up, as play left the clear, by the
+        full rows on screen as play entered it (the real game empties the rows before it leaves the clear, the dream
+        only as it leaves). -> (clears it went up so, clears seen whole). Round 10's bot game, before this rule,
+        counted 25 lines for the 44 rows that its first two minutes cleared."""
+        self.clear_lines = False
+        groups = [g for g in self.number_groups() if self.state_names[g[0]] == "lines"]
+        clear = self.clear_states()
+        if not groups or not len(clear) or not len(states):
+            return 0, 0
+        states, full, same = torch.as_tensor(states).long(), torch.as_tensor(full).long(), torch.as_tensor(same)
+        inside = torch.isin(states[:, self.play_state], clear)
+        lines = self.number(states, groups[0])
+        right = total = 0
+        for n in torch.nonzero(same[:-1] & ~inside[:-1] & inside[1:]).flatten().tolist():
+            j = n + 1
+            while j + 1 < len(states) and same[j] and inside[j + 1]:
+                j += 1
+            if j + 1 >= len(states) or not same[j] or inside[j + 1]:
+                continue  # the episode ended inside the clear
+            total += 1
+            right += int(lines[j + 1] - lines[j] == full[n])
+        self.clear_lines = total > 0 and right >= min_share * total
+        return right, total
+
+    def count_cleared_lines(self, last, state, classes):
+        """Where play leaves the line clear, the lines go up by the full rows on the last frame (which stand until then)."""
+        nxt = self.next_state(state, classes)
+        leave = torch.isin(state[:, self.play_state].long(), self.clear_states().to(state.device)) & \
+            (nxt[:, self.play_state] != state[:, self.play_state])
+        if not leave.any():
+            return classes
+        g = [self.state_names.index(n) for n in BCD_NUMBERS[0]]
+        n = self.number(state, g) + self.full_rows(last)
+        pairs = (n[:, None] // 100 ** torch.arange(len(g), device=state.device)) % 100
+        counted = ((pairs // 10) * 16 + pairs % 10 - state[:, g].long()) % 256
+        classes = classes.clone()
+        classes[:, g] = torch.where(leave[:, None], counted, classes[:, g])
+        return classes
+
+    def count_in_decimal(self, state, classes):
+        """Where the next state (state + classes) holds a number byte with a nibble past 9 (the head's +1 on 0x09),
+        the number carries as decimal does (0x0A -> 0x10); the top stays at its largest, 99..9."""
+        nxt = self.next_state(state, classes)
+        classes = classes.clone()
+        for number in self.numbers:
+            g = number["bytes"].to(state.device)
+            v = nxt[:, g]
+            bad = ((v & 15) > 9).any(1) | ((v >> 4) > 9).any(1)
+            if not bad.any():
+                continue
+            n = self.number(nxt, g).clamp(max=100 ** len(g) - 1)
+            pairs = (n[:, None] // 100 ** torch.arange(len(g), device=state.device)) % 100  # (B, bytes)
+            fixed = (pairs // 10) * 16 + pairs % 10
+            carried = (fixed - state[:, g].long()) % 256
+            classes[:, g] = torch.where(bad[:, None], carried, classes[:, g])
+        return classes
+
+    def apply_numbers(self, codes, next_state):
+        """codes (B, 30, 32) -> the same, with each number's digits drawn from the next state's nibbles, in the game
+        mode the number was fitted in."""
+        if not self.numbers or self.mode is None:
+            return codes
+        flat = codes.flatten(1).clone()
+        for number in self.numbers:
+            g, positions, digits = (number[k].to(codes.device) for k in ("bytes", "positions", "digits"))
+            play = next_state[:, self.mode].long() == int(number["mode"])
+            k = torch.arange(len(positions), device=codes.device)
+            nibbles = (next_state[:, g[k // 2]].long() >> (4 * (k % 2))) & 15  # (B, D)
+            drawn = digits[nibbles.clamp(max=9)]
+            flat[:, positions] = torch.where(play[:, None], drawn, flat[:, positions])
+        return flat.view_as(codes)
 
     def keep_numbers_up(self, state, classes):
         """Where a monotone number would go down while the game mode stays, its bytes keep their values (round 8's
@@ -2103,8 +2318,7 @@ class TileDynamics(nn.Module):
             keep = keep | still
             # the play state a step taken only with a full row on screen leads to (the line clear, 4): the full
             # rows stand through it, and clear as play leaves it
-            forks = self.phase_steps[self.phase_full == 1][:, 1, self.phase.index(self.play_state)].long()
-            clears = torch.isin(now, forks.to(state.device)) & (after != now)
+            clears = torch.isin(now, self.clear_states().to(state.device)) & (after != now)
             if clears.any():
                 base = last.clone()
                 for b in torch.nonzero(clears).flatten().tolist():
@@ -2142,7 +2356,7 @@ class TileDynamics(nn.Module):
         hit = next_state[:, self.mode, None].long() == self.tile_support_modes  # (B, M)
         rows = self.tile_support[hit.float().argmax(1)]  # (B, 960, codes)
         rows = torch.where(hit.any(1)[:, None, None], rows, torch.ones_like(rows))
-        return rows.transpose(1, 2).reshape(len(next_state), self.codes, TILE_ROWS, TILE_COLS)
+        return rows.view(len(next_state), TILE_ROWS, TILE_COLS, self.codes).permute(0, 3, 1, 2)  # as tile_logits
 
     def set_tile_support(self, tokens, modes, static_share: float = 0.99):
         """tokens (N, 30, 32) codes and modes (N,) game-mode bytes of training frames -> tile_support: each tile
@@ -2238,6 +2452,12 @@ class TileWorld:
     def drop_gravity(self):
         """Play without gravity (the head alone decides when a piece falls), to measure what it does."""
         self.dynamics.gravity = {}
+
+    def drop_numbers(self):
+        """Play without the number rules (numbers keep to the values the data showed, as in round 9, and the head
+        alone counts the lines a clear adds), to measure them."""
+        self.dynamics.numbers = []
+        self.dynamics.clear_lines = False
 
     def drop_byte_tiles(self):
         """Play without the byte tiles (the tile head alone draws the digits and the preview), to measure them."""
@@ -2588,6 +2808,10 @@ def load_model(path: str, kind: str, latent_dim: int | None = None):
         model.phase_parity = ckpt["phase_parity"]
     if "monotone" in ckpt and hasattr(model, "monotone"):
         model.monotone = [list(g) for g in ckpt["monotone"]]
+    if "numbers" in ckpt and hasattr(model, "numbers"):
+        model.numbers = [dict(n) for n in ckpt["numbers"]]
+    if "clear_lines" in ckpt and hasattr(model, "clear_lines"):
+        model.clear_lines = bool(ckpt["clear_lines"])
     if "phase_values" in ckpt and hasattr(model, "phase_values"):
         model.phase_values = {"pairs": ckpt["phase_values"]["pairs"], "values": unpack_bits(ckpt["phase_values"]["values"])}
     if "phase_still" in ckpt and hasattr(model, "phase_still"):
@@ -3308,6 +3532,20 @@ def finish_tile_dynamics(cfg: Config, model: TileDynamics, tokens, cache: TileCa
         names = sorted({" + ".join(model.state_names[i] for i in pair if i >= 0) for pair in bt["bytes"].tolist()})
         print(f"byte tiles: {len(bt['positions'])} tiles decided by the state's bytes on at least "
               f"{cfg.byte_tile_purity:.0%} of the training frames that play: by {', '.join(names)}")
+        play = train_rows[cache.ram[train_rows, GAME_MODE] == int(bt["mode"])]
+        model.fit_numbers(tokens[torch.from_numpy(play).long()], ram_state(cache.ram[play], model.addresses),
+                          int(bt["mode"]))
+        if model.piece_rule and cfg.clear_lines:  # every row of the training episodes, in order: a clear spans steps
+            rows = np.flatnonzero(np.isin(cache.episodes, cache.episodes[train_rows]))
+            full = torch.cat([model.full_rows(tokens[torch.from_numpy(rows[i:i + 4096]).long()])
+                              for i in range(0, len(rows), 4096)])
+            same = np.zeros(len(rows), dtype=bool)
+            same[:-1] = (cache.episodes[rows[1:]] == cache.episodes[rows[:-1]]) & (np.diff(rows) == 1)
+            right, total = model.fit_clear_lines(full, ram_state(cache.ram[rows], model.addresses),
+                                                 torch.from_numpy(same))
+            print(f"line clears: on {right} of the {total} the data showed whole, the lines went up by the full rows")
+        print("numbers: " + (", ".join(f"{' + '.join(model.state_names[b] for b in n['bytes'].tolist())} "
+                                       f"({len(n['positions'])} digits)" for n in model.numbers) or "none"))
     extra = {"autoencoder_hash": ae_extra["hash"], "starts": tile_start(tokens, cache, cfg.history, model.addresses),
              "state_addresses": [int(a) for a in model.addresses], "state_accuracy": bytes_right,
              "state_support": model.support.clone(), "state_transitions": pack_bits(model.transitions),
@@ -3332,6 +3570,10 @@ def finish_tile_dynamics(cfg: Config, model: TileDynamics, tokens, cache: TileCa
         extra["gravity"] = model.gravity
     if model.byte_tiles:
         extra["byte_tiles"] = model.byte_tiles
+    if model.numbers:
+        extra["numbers"] = model.numbers
+    if model.clear_lines:
+        extra["clear_lines"] = True
     save_checkpoint(os.path.join(out, "dynamics.pt"), "dynamics", cfg, model, **extra)
     log.plot(os.path.join(out, "dynamics_loss.png"), f"{cfg.name}: tile dynamics (cross-entropy)")
     return model, extra
@@ -3366,13 +3608,14 @@ def train_state_head(cfg: Config, cache: TileCache, autoencoder: TileAutoencoder
     if init_ckpt.get("autoencoder_hash") != ae_extra["hash"] or not isinstance(init, TileDynamics):
         raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: not tile dynamics trained on this run's "
                          f"tile autoencoder")
-    weights = {k: v for k, v in init.state_dict().items() if not k.startswith("state_head.")}
+    fresh = ("state_head.", "play_head.", "play_embed.")  # the heads this fit trains from scratch
+    weights = {k: v for k, v in init.state_dict().items() if not k.startswith(fresh)}
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or any(not k.startswith("state_head.") for k in missing):
+    if unexpected or any(not k.startswith(fresh) for k in missing):
         raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: does not fit this config's tile dynamics "
-                         f"({', '.join((unexpected + [k for k in missing if not k.startswith('state_head.')])[:4])})")
+                         f"({', '.join((unexpected + [k for k in missing if not k.startswith(fresh)])[:4])})")
     model.eval()  # the trunk is frozen, and GroupNorm has no running statistics: eval changes nothing there
-    head = [model.state_head, model.byte_embed]
+    head = [model.state_head, model.byte_embed] + ([model.play_head, model.play_embed] if model.play_head else [])
     for p in model.parameters():
         p.requires_grad_(False)
     for m in head:
@@ -3396,7 +3639,8 @@ def train_state_head(cfg: Config, cache: TileCache, autoencoder: TileAutoencoder
         return [torch.cat(p) for p in zip(*parts)]
 
     opt = torch.optim.AdamW([p for m in head for p in m.parameters()], lr=cfg.dyn_lr, weight_decay=0.01)
-    state_path, log, start = resume_tile_run(model, opt, out, cfg, ["tile_fit", "state_dropout", "state_local_board"])
+    state_path, log, start = resume_tile_run(model, opt, out, cfg, ["tile_fit", "state_dropout", "state_local_board",
+                                                                   "state_play_head"])
     if start < cfg.dyn_epochs:  # the trunk's features, computed once and kept in the cache directory
         key = hashlib.sha256(f"{state_hash(init.state_dict())} {cache.fingerprint} {cfg.history} {cfg.seed} "
                              f"{cfg.val_frac} {model.state_buttons}".encode()).hexdigest()[:16]
@@ -3415,28 +3659,31 @@ def train_state_head(cfg: Config, cache: TileCache, autoencoder: TileAutoencoder
             torch.save((train_in, val_in), tmp)
             os.replace(tmp, path)
 
-        def windows(rows):  # the board around the piece (zeros where the head does not read it)
+        def windows(rows):  # the board around the piece (zeros where the head does not read it), and the full rows
             if not model.local_board:
-                return torch.zeros(len(rows), 0, dtype=torch.uint8)
+                return torch.zeros(len(rows), 0, dtype=torch.uint8), torch.zeros(len(rows), dtype=torch.uint8)
             last = tokens[torch.from_numpy(np.asarray(rows)).long()]
             state = torch.from_numpy(ram_state(cache.ram[rows], model.addresses)).long()
-            return torch.cat([model.board_window(last[s:s + 1024], state[s:s + 1024]).to(torch.uint8)
-                              for s in range(0, len(rows), 1024)])
-        train_in, val_in = train_in + [windows(train_rows)], val_in + [windows(val)]
+            return (torch.cat([model.board_window(last[s:s + 1024], state[s:s + 1024]).to(torch.uint8)
+                               for s in range(0, len(rows), 1024)]), model.full_rows(last).to(torch.uint8))
+        train_in, val_in = train_in + list(windows(train_rows)), val_in + list(windows(val))
 
-    def head_logits(feat, state, a_hist, window, dropout: float = 0.0):
+    def head_logits(feat, state, a_hist, window, full, dropout: float = 0.0):
         parts = [feat.float(), model.byte_embed(state.long() + model.offsets).flatten(1)]
         if model.state_buttons:
             parts.append(a_hist.flatten(1).float())
         if model.local_board:
             parts.append(window.float())
         x = F.dropout(torch.cat(parts, 1), dropout, training=dropout > 0)
-        return model.state_head(x).view(len(feat), model.state_size, 256)
+        logits = model.state_head(x).view(len(feat), model.state_size, 256)
+        if model.play_head is not None:
+            logits = model.with_play_logits(logits, state, a_hist, window, full)
+        return logits
 
     def scores(inputs):
-        feat, state, a_hist, target, window = inputs
+        feat, state, a_hist, target, window, full = inputs
         with torch.no_grad():
-            logits = head_logits(feat, state, a_hist, window)
+            logits = head_logits(feat, state, a_hist, window, full)
         right, changes = logits.argmax(-1) == target.long(), target != 0
         return float(F.cross_entropy(logits.flatten(0, 1), target.long().flatten())), right, changes
 
@@ -3446,8 +3693,8 @@ def train_state_head(cfg: Config, cache: TileCache, autoencoder: TileAutoencoder
         total, n = 0.0, 0
         for s in tqdm(range(0, len(order), cfg.batch_size), desc=f"state head epoch {epoch + 1}/{cfg.dyn_epochs}",
                       mininterval=10, leave=False):
-            feat, state, a_hist, target, window = (x[order[s:s + cfg.batch_size]] for x in train_in)
-            logits = head_logits(feat, state, a_hist, window, cfg.state_dropout)
+            feat, state, a_hist, target, window, full = (x[order[s:s + cfg.batch_size]] for x in train_in)
+            logits = head_logits(feat, state, a_hist, window, full, cfg.state_dropout)
             w = 1 + cfg.dyn_change_weight * (target != 0).float()  # a byte that changes weighs more
             ce = F.cross_entropy(logits.flatten(0, 1), target.long().flatten(), reduction="none")
             loss = (ce * w.flatten()).sum() / w.sum()
@@ -3547,6 +3794,9 @@ def main(argv=None):
     cfg, ns = parse_args(argv)
     seed_everything(cfg.seed)
     torch.set_num_threads(os.cpu_count() or 1)
+    # numbers below 1e-38 count as zero: the state head's fit ran 8x slower (1.24 s a batch, not 0.15 s) once its
+    # training had made some of them subnormal, which this CPU computes in microcode
+    torch.set_flush_denormal(True)
     if ns.benchmark:
         print(json.dumps(benchmark(cfg), indent=1))
         return

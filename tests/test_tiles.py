@@ -297,7 +297,11 @@ def test_shipped_tile_world_plays_in_colour_inside_its_support():
     assert dyn.phase_steps is not None and dyn.piece_support is not None
     # round 9: gravity, the bytes each phase step keeps still, and the (play state, orientation) pairs
     assert int(dyn.gravity["limit"][0]) < 255 and dyn.phase_still.any() and len(dyn.piece_support) == 3
-    assert (dyn.phase_full == 1).any() and not dyn.phase_parity.all() and len(dyn.monotone) == 2
+    assert (dyn.phase_full == 1).any() and not dyn.phase_parity.all() and len(dyn.monotone) == 9
+    # round 10: the bytes of play come from a head that reads no number the screen prints, and every number (seven
+    # piece counts, the lines, the score) counts in decimal with its digits drawn from its units digit's codes
+    assert dyn.play_head is not None and "piece x" in [dyn.state_names[i] for i in dyn.play_bytes]
+    assert sorted(len(n["positions"]) for n in dyn.numbers) == [2] * 7 + [3, 6]
     torch.manual_seed(0)
     state = world.start("play")
     ps = dyn.state_names.index("play state")
@@ -437,6 +441,18 @@ def test_state_head_fit_trains_only_the_state_head_on_the_frozen_trunk(tiny_tile
         train.main([pooled.get(a, a) for a in args] + ["--init-dynamics", init, "--out", str(out)])
     result = play.main(["--checkpoint", str(out), "--headless", "--frames", "3"])
     assert result["frames"] == 3
+    # round 10: with a play head beside it (which reads the board window), both heads train and the rest stays init's
+    both = tmp_path / "play_head"
+    both.mkdir()
+    shutil.copy(os.path.join(tiny_tile_run, "autoencoder.pt"), both / "autoencoder.pt")
+    train.main(args + ["--init-dynamics", init, "--out", str(both), "--state-local-board", "1",
+                       "--state-play-head", "8"])
+    fitted, _ = train.load_model(str(both / "dynamics.pt"), "dynamics")
+    assert fitted.play_head[0].out_features == 8 and fitted.local_board and fitted.piece_rule
+    weights = fitted.state_dict()
+    assert all(torch.equal(old[k], weights[k]) for k in frozen)
+    assert [json.loads(line)["epoch"] for line in open(both / "dynamics_log.jsonl")] == [1, 2]
+    assert play.main(["--checkpoint", str(both), "--headless", "--frames", "3"])["frames"] == 3
 
 
 def test_piece_rule_draws_the_piece_whole_clears_its_trail_and_keeps_the_rest():
@@ -743,7 +759,7 @@ def test_bot_plays_the_dream_and_the_stats_say_what_its_game_did(tmp_path):
                "--reference", ""])
     with open(out + "_stats.json") as f:
         game = json.load(f)["game"]
-    assert set(game) == {"pieces_spawned", "longest_rest_of_a_falling_piece", "lines", "score"}
+    assert set(game) == {"pieces_spawned", "longest_rest_of_a_falling_piece", "lines", "score", "game_over_at_s"}
     states = np.loadtxt(out + "_state.csv", delimiter=",", skiprows=1)
     assert len(states) == 60
     names = ["play state", "piece y", "lines", "lines hi", "score lo", "score mid", "score hi"]
@@ -752,7 +768,9 @@ def test_bot_plays_the_dream_and_the_stats_say_what_its_game_did(tmp_path):
     fake[:, 1] = [0, 0, 0, 1, 1, 0]
     fake[5, 2], fake[5, 4], fake[5, 5] = 0x12, 0x99, 0x01  # lines 12, score 199
     assert main.dream_game(fake, names) == {"pieces_spawned": 2, "longest_rest_of_a_falling_piece": 1,
-                                            "lines": [0, 12], "score": [0, 199]}
+                                            "lines": [0, 12], "score": [0, 199], "game_over_at_s": None}
+    fake[4:, 0] = train.GAME_OVER_STATE  # the game ends at frame 4: 0.133 s at 30 frames a second
+    assert main.dream_game(fake, names)["game_over_at_s"] == 0.1
     with pytest.raises(SystemExit, match="tile world"):
         main.action_source("bot", 0, None)
     env = main.NeuralTetris(train.load_world(ckpt), temperature=0.0)
@@ -850,7 +868,9 @@ def test_the_score_and_the_lines_never_go_down_within_a_game():
     after[0, mid] = 1  # 99 -> 110
     after[2, mode] = 3  # 20 -> 0 at a new game (the mode changes)
     model.fit_monotone(before, after)
-    assert [[names[i] for i in g] for g in model.monotone] == [["lines", "lines hi"], ["score lo", "score mid", "score hi"]]
+    counts = [[f"count {p}"] for p in "TJZOSLI"]  # (since round 10; they never changed here, so never went down)
+    assert [[names[i] for i in g] for g in model.monotone] == counts + [["lines", "lines hi"],
+                                                                        ["score lo", "score mid", "score hi"]]
     state = before[:2].clone()
     state[0, lo], state[0, mid] = 0x99, 0x04  # 499
     classes = torch.zeros(2, len(names), dtype=torch.long)
@@ -860,4 +880,108 @@ def test_the_score_and_the_lines_never_go_down_within_a_game():
     assert out[:, lo].tolist() == [0x99, 0x20] and out[:, mid].tolist() == [0x04, 0]
     after[1, lo] = 0x05  # the data lowered the score once within a game: no rule for it
     model.fit_monotone(before, after)
-    assert [[names[i] for i in g] for g in model.monotone] == [["lines", "lines hi"]]
+    assert [[names[i] for i in g] for g in model.monotone] == counts + [["lines", "lines hi"]]
+
+
+def test_play_head_reads_no_number_the_screen_prints():
+    """Round 10: the bytes of play come from a head that reads neither the counters, the lines and the score, nor the
+    frame counter beyond its value mod 4; the numbers still come from the state head, which reads them all."""
+    torch.manual_seed(0)
+    model = train.TileDynamics(codes=20, history=2, width=8, blocks=1, state="screen", head="local", state_width=16,
+                               state_buttons=True, local_board=True, play_width=8)
+    names = model.state_names
+    assert [names[i] for i in model.play_bytes if names[i] in train.NUMBER_BYTES + ("level",)] == []
+    assert "frame counter" in [names[i] for i in model.play_bytes] and "level" in [names[i] for i in model.play_reads]
+    tokens, actions = torch.randint(0, 20, (3, 2, 30, 32)), torch.randint(0, 2, (3, 2, 8)).float()
+    state = torch.randint(0, 10, (3, model.state_size))
+    with torch.no_grad():
+        logits = model.trunk(tokens, state, actions)[1]
+        numbers = state.clone()
+        numbers[:, [names.index(n) for n in train.NUMBER_BYTES]] += 5
+        numbers[:, names.index("frame counter")] += 4
+        moved = model.trunk(tokens, numbers, actions)[1]
+        assert torch.equal(moved[:, model.play_bytes], logits[:, model.play_bytes])
+        counters = [names.index(n) for n in train.NUMBER_BYTES]
+        assert not torch.equal(moved[:, counters], logits[:, counters])  # the state head reads them
+        shifted = state.clone()
+        shifted[:, names.index("piece x")] += 1
+        assert not torch.equal(model.trunk(tokens, shifted, actions)[1][:, model.play_bytes],
+                               logits[:, model.play_bytes])
+        timed = state.clone()
+        timed[:, names.index("frame counter")] += 1  # mod 4 is the line clear's pace: the play head reads it
+        assert not torch.equal(model.trunk(tokens, timed, actions)[1][:, model.play_bytes],
+                               logits[:, model.play_bytes])
+    with pytest.raises(ValueError, match="state_play_head"):
+        train.Config(state_play_head=8)  # it reads the board window, so it needs state_local_board 1
+
+
+def test_numbers_count_in_decimal_past_the_data_and_draw_each_digit():
+    """Round 10: a number's tiles and digit codes are found from frames where its units digit took all ten values;
+    play carries a nibble past 9 as decimal does and draws every digit, including one the data never showed there."""
+    model = train.TileDynamics(codes=120, history=1, width=8, blocks=1, state="screen", head="local")
+    names, t = model.state_names, model.state_names.index("count T")
+    values = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0x10, 0x11] * 3)  # count T; its tens digit shows 0 or 1
+    states = torch.zeros(len(values), model.state_size, dtype=torch.long)
+    states[:, t] = values
+    codes = torch.zeros(len(values), 30, 32, dtype=torch.long)
+    codes[:, 12, 8] = 100 + (values & 15)  # the units digit
+    codes[:, 12, 7] = 100 + (values >> 4)  # the tens digit, left of it
+    codes[:, 12, 6] = 7  # a frame that no byte decides ends the number
+    j = names.index("count J")  # J counted to 7 only: its tile is found by the digit codes T showed
+    states[:, j] = torch.arange(len(values)) % 8
+    codes[:, 14, 8], codes[:, 14, 7] = 100 + states[:, j], 100  # its tens digit: always 0
+    model.fit_numbers(codes, states)
+    (number,) = [n for n in model.numbers if n["bytes"].tolist() == [t]]
+    assert number["positions"].tolist() == [12 * 32 + 8, 12 * 32 + 7]
+    assert number["digits"].tolist() == list(range(100, 110))
+    (counted_j,) = [n for n in model.numbers if n["bytes"].tolist() == [j]]
+    assert counted_j["positions"].tolist() == [14 * 32 + 8, 14 * 32 + 7] and torch.equal(counted_j["digits"],
+                                                                                           number["digits"])
+    assert all(n["bytes"].tolist() != [names.index("count O")] for n in model.numbers)  # O never counted: no tiles
+    state = torch.zeros(1, model.state_size, dtype=torch.long)
+    state[0, t] = 0x29
+    classes = torch.zeros(1, model.state_size, dtype=torch.long)
+    classes[0, t] = 1  # the head's +1 on 0x29 is 0x2A
+    nxt = model.next_state(state, model.count_in_decimal(state, classes))
+    assert int(nxt[0, t]) == 0x30
+    state[0, t] = 0x99
+    assert int(model.next_state(state, model.count_in_decimal(state, classes))[0, t]) == 0x99  # the top stays
+    nxt[0, model.mode] = 4
+    drawn = model.apply_numbers(torch.zeros(1, 30, 32, dtype=torch.long), nxt)
+    assert drawn[0, 12, 8] == 100 and drawn[0, 12, 7] == 103 and drawn[0, 12, 6] == 0  # "30": a 3 never shown there
+    nxt[0, model.mode] = 3
+    assert not model.apply_numbers(torch.zeros(1, 30, 32, dtype=torch.long), nxt).any()  # only in play
+
+
+def test_the_lines_go_up_by_the_full_rows_a_clear_started_with():
+    """Round 10: fitted where the data's lines went up by the full rows on screen as the clear began, play counts
+    the full rows still standing on the dream's screen as it leaves the clear (a double is 2 lines, past 9 in BCD)."""
+    model = train.TileDynamics(codes=20, history=1, width=8, blocks=1, state="screen", head="local")
+    names, ps, lines = model.state_names, model.play_state, model.state_names.index("lines")
+    steps = torch.zeros(2, 2, len(model.phase), dtype=torch.long)
+    steps[:, 0, model.phase.index(ps)] = 3
+    steps[:, 1, model.phase.index(ps)] = torch.tensor([4, 5])  # with a full row play goes to 4, without to 5
+    model.phase_steps, model.phase_counts, model.phase_full = steps, torch.tensor([20, 20]), torch.tensor([1, 0])
+    empty = torch.full((30, 32), -1)
+    empty[6:26, 12:22] = 0
+    model.piece_rule = {"origin": torch.tensor([6, 12]), "board": torch.tensor([20, 10]), "empty": empty.flatten()}
+    assert model.clear_states().tolist() == [4]
+    states = torch.zeros(5, model.state_size, dtype=torch.long)
+    states[:, ps] = torch.tensor([3, 4, 4, 7, 7])
+    states[:, lines] = torch.tensor([5, 5, 5, 7, 7])
+    full, same = torch.tensor([2, 2, 2, 0, 0]), torch.ones(5, dtype=torch.bool)
+    assert model.fit_clear_lines(full, states, same) == (1, 1) and model.clear_lines
+    states[3:, lines] = 6  # one line for two rows: not the rule
+    assert model.fit_clear_lines(full, states, same) == (0, 1) and not model.clear_lines
+    state = torch.zeros(1, model.state_size, dtype=torch.long)
+    state[0, ps], state[0, lines] = 4, 0x09
+    classes = torch.zeros(1, model.state_size, dtype=torch.long)
+    classes[0, ps] = 3  # play leaves the clear (4 -> 7); the head adds no line
+    last = torch.ones(1, 30, 32, dtype=torch.long)  # every board cell full ...
+    last[0, 6:24, 12] = 0  # ... but on the bottom two rows
+    nxt = model.next_state(state, model.count_cleared_lines(last, state, classes))
+    assert int(nxt[0, lines]) == 0x11 and int(nxt[0, ps]) == 7
+    classes[0, ps] = 0  # still clearing: nothing counted yet
+    assert int(model.next_state(state, model.count_cleared_lines(last, state, classes))[0, lines]) == 0x09
+    with pytest.raises(ValueError, match="clear_lines"):
+        train.Config(clear_lines=2)
