@@ -2119,6 +2119,13 @@ class TileDynamics(nn.Module):
         self.monotone = [g for g in self.number_groups()
                          if not (self.number(after, g) < self.number(before, g))[same].any()]
 
+    @staticmethod
+    def bcd_bytes(n, size: int) -> torch.Tensor:
+        """The inverse of number: numbers (B,) -> their binary-coded-decimal bytes (B, size), least significant
+        first."""
+        pairs = (n[:, None] // 100 ** torch.arange(size, device=n.device)) % 100
+        return (pairs // 10) * 16 + pairs % 10
+
     def number_bytes(self) -> list:
         """The state bytes of the fitted numbers."""
         return [int(b) for number in self.numbers for b in number["bytes"]]
@@ -2224,8 +2231,7 @@ class TileDynamics(nn.Module):
             return classes
         g = [self.state_names.index(n) for n in BCD_NUMBERS[0]]
         n = self.number(state, g) + self.full_rows(last)
-        pairs = (n[:, None] // 100 ** torch.arange(len(g), device=state.device)) % 100
-        counted = ((pairs // 10) * 16 + pairs % 10 - state[:, g].long()) % 256
+        counted = self.state_target(state[:, g], self.bcd_bytes(n, len(g)))
         classes = classes.clone()
         classes[:, g] = torch.where(leave[:, None], counted, classes[:, g])
         return classes
@@ -2242,9 +2248,7 @@ class TileDynamics(nn.Module):
             if not bad.any():
                 continue
             n = self.number(nxt, g).clamp(max=100 ** len(g) - 1)
-            pairs = (n[:, None] // 100 ** torch.arange(len(g), device=state.device)) % 100  # (B, bytes)
-            fixed = (pairs // 10) * 16 + pairs % 10
-            carried = (fixed - state[:, g].long()) % 256
+            carried = self.state_target(state[:, g], self.bcd_bytes(n, len(g)))
             classes[:, g] = torch.where(bad[:, None], carried, classes[:, g])
         return classes
 
