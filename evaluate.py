@@ -1,7 +1,7 @@
 """Seeded N-step rollout tables: how faithful is the dream, step after step?
 
-    python evaluate.py --dataset data/tetris_test --checkpoint checkpoints/tetris --out results/eval_tetris
-    python evaluate.py --dataset data/tetris_test --checkpoint checkpoints/tetris --checkpoint runs/seed/export \
+    python evaluate.py --dataset data/tetris_test --checkpoint checkpoints/tetris_latent --out results/eval_tetris
+    python evaluate.py --dataset data/tetris_test --checkpoint checkpoints/tetris_latent --checkpoint runs/seed/export \
         --out results/eval_compare
 
 From seeded start frames of the held-out episodes, each model dreams forward driven by the real
@@ -27,7 +27,8 @@ import time
 import numpy as np
 import torch
 
-from train import (CheckpointError, DatasetError, WorldModel, context_indices, load_frames, load_lpips, load_world,
+from collect import GAMES, bounded
+from train import (CheckpointError, DatasetError, World, context_indices, load_frames, load_lpips, load_world,
                    pair_indices, past_actions, rollout_from, save_figure)
 
 BASELINES = ("copy-last-latent", "copy-last-frame", "autoencoder oracle")
@@ -96,7 +97,7 @@ def to_numpy(frames: torch.Tensor) -> np.ndarray:
     return frames.squeeze(1).clamp(0, 1).double().numpy()
 
 
-def rollout_batches(world: WorldModel, cache, starts: np.ndarray, steps: int, batch: int = 100):
+def rollout_batches(world: World, cache, starts: np.ndarray, steps: int, batch: int = 100):
     """Yields (rows, the world's state at them (from context rows t-K+1..t and the actions that led into them),
     the recorded actions a_t .. a_{t+steps-1} (B, steps, 8)) for the starts, batch by batch."""
     ep_start = cache.episode_start
@@ -109,8 +110,10 @@ def rollout_batches(world: WorldModel, cache, starts: np.ndarray, steps: int, ba
 
 
 @torch.no_grad()
-def evaluate_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[int], batch: int = 100):
-    """-> {method: (len(horizons), N, H, W) predicted frames}, real (len(horizons), N, H, W), start (N, H, W)."""
+def evaluate_world(world: World, cache, starts: np.ndarray, horizons: list[int], batch: int = 100,
+                   progress=None):
+    """-> {method: (len(horizons), N, H, W) predicted frames}, real (len(horizons), N, H, W), start (N, H, W).
+    progress: a tqdm bar (or None), advanced by the starts of each batch rolled out."""
     hi = np.array(horizons) - 1
     preds = {"model": [], "copy-last-latent": [], "autoencoder oracle": []}
     size = cache.frames.shape[-2:]
@@ -122,13 +125,16 @@ def evaluate_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[
         preds["copy-last-latent"].append(np.repeat(to_numpy(world.decode(z0))[:, None], nh, axis=1))
         oracle = world.decode(world.encode_rows(cache, (rows[:, None] + np.array(horizons)).ravel()))
         preds["autoencoder oracle"].append(to_numpy(oracle).reshape(b, nh, *size))
+        if progress is not None:
+            progress.update(len(rows))
     return {k: np.concatenate(v).transpose(1, 0, 2, 3) for k, v in preds.items()}
 
 
 @torch.no_grad()
-def sample_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[int], k: int, temperature: float,
-                 seed: int, batch: int = 100) -> np.ndarray:
-    """k seeded rollouts of a stochastic model at this temperature -> (k, len(horizons), N, H, W) frames."""
+def sample_world(world: World, cache, starts: np.ndarray, horizons: list[int], k: int, temperature: float,
+                 seed: int, batch: int = 100, progress=None) -> np.ndarray:
+    """k seeded rollouts of a stochastic model at this temperature -> (k, len(horizons), N, H, W) frames.
+    progress: a tqdm bar (or None), advanced by the starts of each batch rolled out."""
     hi = np.array(horizons) - 1
     out = []
     for i in range(k):
@@ -138,6 +144,8 @@ def sample_world(world: WorldModel, cache, starts: np.ndarray, horizons: list[in
             z = rollout_from(world, state, future, temperature)[:, hi]
             b, nh = z.shape[:2]
             frames_i.append(to_numpy(world.decode(z.flatten(0, 1))).reshape(b, nh, *cache.frames.shape[-2:]))
+            if progress is not None:
+                progress.update(len(rows))
         out.append(np.concatenate(frames_i).transpose(1, 0, 2, 3))
     return np.stack(out)
 
@@ -166,7 +174,7 @@ def sample_metrics(samples: np.ndarray, real: np.ndarray, start: np.ndarray, thr
             "diversity": {k: float(v.mean()) for k, v in diversity.items()}}
 
 
-def plot_samples(world: WorldModel, cache, starts: np.ndarray, horizons: list[int], k: int, temperature: float,
+def plot_samples(world: World, cache, starts: np.ndarray, horizons: list[int], k: int, temperature: float,
                  seed: int, path: str):
     """For a few starts: the real future, the temperature-0 prediction and k samples at each horizon, with
     the per-pixel spread of the samples (how much they differ, and where)."""
@@ -263,7 +271,7 @@ def plot_strips(preds: dict, real: np.ndarray, start: np.ndarray, horizons: list
 
 
 @torch.no_grad()
-def no_action_report(world: WorldModel, cache, starts: np.ndarray) -> dict:
+def no_action_report(world: World, cache, starts: np.ndarray) -> dict:
     """Predicted one-step pixel change with all buttons released vs with the real buttons, beside the
     real game's change over steps where no button was held and where one was."""
     ep_start = cache.episode_start
@@ -388,12 +396,13 @@ def event_table(events: dict, threshold: float) -> str:
 
 def load_ram(dataset: str) -> np.ndarray:
     """(N, 2048) uint8 RAM snapshots, in the cache's (episode, step) row order."""
-    from train import open_dataset
+    from train import episode_ids, open_dataset
     ds = open_dataset(dataset)
     if "ram" not in ds.column_names:
         raise DatasetError(f"{dataset}: no 'ram' column; the autoencoder edge cases need collect.py's RAM snapshots")
-    cols = ds.select_columns(["episode_id", "step", "ram"])
-    order = np.lexsort((np.asarray(cols["step"]), np.asarray(cols["episode_id"])))
+    cols = ds.select_columns([c for c in ("episode_id", "step", "ram") if c in ds.column_names])
+    steps = np.asarray(cols["step"], dtype=np.int64) if "step" in cols.column_names else np.arange(len(cols))
+    order = np.lexsort((steps, episode_ids(cols, dataset)[0]))  # load_frames' row order, string ids too
     ram = np.frombuffer(b"".join(cols["ram"]), dtype=np.uint8).reshape(len(cols), -1)
     return ram[order]
 
@@ -429,7 +438,7 @@ def edge_cases(cache, ram: np.ndarray) -> list[tuple[str, int]]:
 
 
 @torch.no_grad()
-def autoencoder_figures(world: WorldModel, cache, dataset: str, prefix: str, seed: int):
+def autoencoder_figures(world: World, cache, dataset: str, prefix: str, seed: int):
     """16 random frames beside their reconstructions, and the edge cases, as PNGs."""
     import matplotlib
     matplotlib.use("Agg")
@@ -462,38 +471,134 @@ def autoencoder_figures(world: WorldModel, cache, dataset: str, prefix: str, see
 
 
 # ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- play table (--play)
+# One minute of play per row, each scored by the game's frame probe (collect.PROBES: what the dream's frames show,
+# never the model's state), and judged against issue #19's bars for Tetris.
+PLAY_RUNS = [("bot", s) for s in (0, 1, 2)] + [("random", s) for s in range(4)] + \
+    [("configs/actions_heldout_episode.npy", 0)]
+
+
+def play_bar(actions: str, probe: dict | None) -> str:
+    """Issue #19's bar for one minute of play, on the frame probe: 'yes', or 'no (what missed)'."""
+    if probe is None:
+        return "no probe"
+    missed = []
+    if actions == "bot":
+        if probe["pieces_locked"] < 40 or probe["rows_cleared"] < 5:
+            missed.append("needs >= 40 locks and >= 5 rows")
+        if probe["longest_still_s"] > 2:
+            missed.append("still > 2 s")
+        if probe.get("real_seconds_share") is None:
+            missed.append("realism not measured: no --reference dataset")
+        elif probe["real_seconds_share"] < 1:
+            missed.append("a second less real than real frames")
+    elif actions == "random":
+        if probe["pieces_locked"] < 1 or probe["top_out_s"] is None or not 25 <= probe["top_out_s"] <= 70:
+            missed.append("needs locks and a top-out at 25-70 s")
+    elif probe["pieces_locked"] < 12:
+        missed.append("needs >= 12 locks")
+    return "yes" if not missed else "no (" + "; ".join(missed) + ")"
+
+
+def play_table(args) -> dict:
+    """Plays every PLAY_RUNS row headless with main.py (a process each, one thread) for each checkpoint and writes
+    OUT.md / OUT.json: the probe's pieces locked, rows cleared, top-out, longest still stretch and share of seconds as
+    real as real frames (when main.py's --reference dataset exists), and the bar."""
+    import shlex
+    import subprocess
+    import tempfile
+    main_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
+    variants, rows = args.play_args or [""], []
+    env = dict(os.environ, OMP_NUM_THREADS="1", SDL_VIDEODRIVER="dummy", SDL_AUDIODRIVER="dummy")
+    with tempfile.TemporaryDirectory() as tmp:
+        bar = progress_bar(len(args.checkpoint) * len(variants) * len(PLAY_RUNS), "minutes played")
+        for checkpoint, variant in ((c, v) for c in args.checkpoint for v in variants):
+            extra = shlex.split(variant)
+            for actions, seed in PLAY_RUNS:
+                prefix = os.path.join(tmp, f"run{len(rows)}")
+                cmd = [sys.executable, main_py, "--checkpoint", checkpoint, "--headless", "--frames",
+                       str(round(30 * args.play_seconds)), "--actions", actions, "--seed", str(seed), "--stats", prefix]
+                proc = subprocess.run(cmd + extra, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    raise SystemExit(f"error: {' '.join(cmd + extra)} failed: "
+                                     f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}")
+                with open(prefix + "_stats.json") as f:
+                    stats = json.load(f)
+                probe = stats.get("probe")
+                rows.append({"checkpoint": checkpoint, "flags": variant, "actions": actions, "seed": seed, "probe": probe,
+                             "fps": stats.get("fps"), "bar": play_bar("recorded" if actions.endswith(".npy")
+                                                                      else actions, probe)})
+                bar.update(1)
+        bar.close()
+    result = {"command": "python evaluate.py " + " ".join(sys.argv[1:]), "seconds": args.play_seconds,
+              "play_args": args.play_args, "rows": rows}
+    fmt = lambda v, d=1: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
+    lines = ["# Play, scored on the dream's frames", "", f"`{result['command']}`", "",
+             f"{args.play_seconds:g} s of headless play per row; the numbers are read off the frames shown "
+             f"(`collect.TetrisProbe`), never the model's state. real s: the share of seconds as real as real frames "
+             f"(`main.py --stats`, with `--reference`'s dataset). top-out s: the game-over curtain seen; frozen from s: a "
+             f"screen that stood still from then to the end (a game over drawn without the curtain, or a stall).", "",
+             "| checkpoint | main.py flags | buttons | seed | pieces locked | rows cleared | top-out s | frozen from s | "
+             "longest still s | real s | FPS | bar |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r["probe"] or {}
+        lines.append(f"| {r['checkpoint']} | {r['flags'] or '-'} | {os.path.basename(r['actions'])} | {r['seed']} | "
+                     f"{fmt(p.get('pieces_locked'))} | {fmt(p.get('rows_cleared'))} | {fmt(p.get('top_out_s'))} | "
+                     f"{fmt(p.get('frozen_from_s'))} | "
+                     f"{fmt(p.get('longest_still_s'))} | {fmt(p.get('real_seconds_share'), 2)} | {fmt(r['fps'], 0)} | "
+                     f"{r['bar']} |")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    for path, text in ((args.out + ".json", json.dumps(result, indent=1)), (args.out + ".md", "\n".join(lines) + "\n")):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    print("\n".join(lines[6:]))
+    print(f"\nwrote {args.out}.md and {args.out}.json")
+    return result
+
+
+def progress_bar(total: int, desc: str):
+    """A tqdm bar on stderr, counted in starts rolled out; off where stderr is not a terminal (logs, pipes,
+    tests), as train.py's bars."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="start", disable=None, file=sys.stderr, leave=False)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="data/tetris_test", help="held-out dataset (never used in training)")
+    p.add_argument("--game", default="tetris", choices=sorted(GAMES),
+                   help="sets the defaults of --dataset (data/GAME_test) and --checkpoint (checkpoints/GAME)")
+    p.add_argument("--dataset", default=None, help="held-out dataset (never used in training); default data/GAME_test")
     p.add_argument("--checkpoint", action="append", default=None,
-                   help="directory holding autoencoder.pt and dynamics.pt; repeat to compare models")
-    p.add_argument("--starts", type=int, default=200, help="number of seeded start frames")
-    p.add_argument("--horizons", type=int, nargs="+", default=[1, 5, 10, 30, 60], help="steps ahead to score")
-    p.add_argument("--seed", type=int, default=0, help="seed for the start frames; same seed, same numbers")
-    p.add_argument("--change-threshold", type=float, default=0.1, help="a pixel changed if it moved more than this")
+                   help="directory holding autoencoder.pt and dynamics.pt; repeat to compare models "
+                        "(default checkpoints/GAME)")
+    p.add_argument("--starts", type=bounded(int, 1), default=200, help="number of seeded start frames")
+    p.add_argument("--horizons", type=bounded(int, 1), nargs="+", default=[1, 5, 10, 30, 60], help="steps ahead to score")
+    p.add_argument("--seed", type=bounded(int, 0), default=0, help="seed for the start frames; same seed, same numbers")
+    p.add_argument("--change-threshold", type=bounded(float, 0, 1, hi_open=True), default=0.1, help="a pixel changed if it moved more than this")
     p.add_argument("--out", default="results/eval", help="writes OUT.md, OUT.json and OUT_*.png")
     p.add_argument("--cache-dir", default=".cache", help="where decoded frames are cached")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
-    p.add_argument("--no-tile-support", action="store_true",
-                   help="tile worlds: allow every code at every tile (default: the checkpoint's tile support, if any)")
-    p.add_argument("--no-byte-tiles", action="store_true",
-                   help="tile worlds: roll out without the byte tiles (digits and preview drawn by the tile head)")
-    p.add_argument("--no-piece-rule", action="store_true",
-                   help="tile worlds: roll out without the piece rule (the falling piece drawn whole where its bytes "
-                        "put it, nothing else changing while it falls)")
-    p.add_argument("--samples", type=int, default=5,
+    p.add_argument("--no-priors", action="store_true",
+                   help="roll out without the checkpoints' data-derived priors (a tile world's value vocabulary)")
+    p.add_argument("--samples", type=bounded(int, 0), default=5,
                    help="stochastic models: seeded samples per start for the mean-of-k and best-of-k rows (0 = none)")
-    p.add_argument("--temperature", type=float, default=1.0, help="stochastic models: temperature of those samples")
-    p.add_argument("--events", type=int, default=300,
+    p.add_argument("--temperature", type=bounded(float, 0), default=1.0, help="stochastic models: temperature of those samples")
+    p.add_argument("--events", type=bounded(int, 0), default=300,
                    help="score one-step predictions on up to this many pairs per kind of event (gravity, soft drop, "
                         "shift, rotate, lock/clear/spawn), found from the dataset's RAM column; 0 = skip")
+    p.add_argument("--play", action="store_true",
+                   help="instead of rollouts: play a minute per row of PLAY_RUNS (bot seeds 0-2, random 0-3, the recorded "
+                        "held-out buttons) with main.py and table what the frame probe reads (OUT.md/.json)")
+    p.add_argument("--play-seconds", type=bounded(float, 0, lo_open=True), default=60.0, help="--play: seconds per row")
+    p.add_argument("--play-args", action="append", default=None,
+                   help="--play: more main.py flags, e.g. \"--gravity off\"; repeat to play each set (default: none)")
     p.add_argument("--autoencoder-figures", action="store_true",
                    help="also write OUT_reconstructions.png and OUT_edge_cases.png (needs the dataset's RAM column)")
     args = p.parse_args(argv)
-    args.checkpoint = args.checkpoint or ["checkpoints/tetris"]
-    if min(args.horizons) < 1:
-        p.error("--horizons must be >= 1")
+    args.checkpoint = args.checkpoint or [f"checkpoints/{args.game}"]
+    args.dataset = args.dataset or f"data/{args.game}_test"
     args.horizons = sorted(set(args.horizons))
     return args
 
@@ -501,6 +606,8 @@ def parse_args(argv=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.play:
+        return play_table(args)
     torch.set_flush_denormal(True)  # subnormal numbers as zero: see train.main
     torch.manual_seed(args.seed)
     t0 = time.time()
@@ -508,20 +615,10 @@ def main(argv=None):
         worlds = {os.path.normpath(c): load_world(c) for c in args.checkpoint}
         first = next(iter(worlds.values()))
         cache = load_frames(args.dataset, first.image_size, args.cache_dir)
-        for name, world in worlds.items():
-            if hasattr(world, "attach"):  # tile worlds play on the dataset's native tiles and RAM
-                world.attach(args.dataset, args.cache_dir, cache.episodes)
-                if args.no_tile_support:
-                    world.drop_tile_support()
-                if args.no_piece_rule:
-                    world.drop_piece_rule()
-                if args.no_byte_tiles:
-                    world.drop_byte_tiles()
-            elif args.no_tile_support or args.no_piece_rule or args.no_byte_tiles:
-                flag = next(f for f, on in (("--no-tile-support", args.no_tile_support),
-                                            ("--no-piece-rule", args.no_piece_rule),
-                                            ("--no-byte-tiles", args.no_byte_tiles)) if on)
-                raise SystemExit(f"error: {flag}: {name} is not a tile world")
+        for world in worlds.values():  # a tile world reads the dataset's native tiles and state bytes
+            world.attach(args.dataset, args.cache_dir, cache.episodes)
+            if args.no_priors:
+                world.drop_priors()
         starts = pick_starts(cache.episodes, max(args.horizons), args.starts, args.seed)
     except (CheckpointError, DatasetError) as e:
         raise SystemExit(f"error: {e}")
@@ -529,8 +626,11 @@ def main(argv=None):
     real, start = real_frames(cache, starts, args.horizons)
     results, strips, diversity = {}, {}, {}
     copy_frame = np.repeat(start[None], len(args.horizons), axis=0)
+    sampled = lambda w: args.samples if w.stochastic and args.samples > 0 else 0  # k samples count k times
+    bar = progress_bar(sum(len(starts) * (1 + sampled(w)) for w in worlds.values()), "rollouts")
     for name, world in worlds.items():
-        preds = evaluate_world(world, cache, starts, args.horizons)
+        bar.set_postfix_str(os.path.basename(name))
+        preds = evaluate_world(world, cache, starts, args.horizons, progress=bar)
         tag = f" ({name})" if len(worlds) > 1 else ""
         for method in ("model", "copy-last-latent", "autoencoder oracle"):
             results[method + tag] = {str(h): summarize(frame_metrics(preds[method][i], real[i], start,
@@ -538,7 +638,8 @@ def main(argv=None):
                                      for i, h in enumerate(args.horizons)}
         strips["model" + tag] = preds["model"]
         if world.stochastic and args.samples > 0:
-            samples = sample_world(world, cache, starts, args.horizons, args.samples, args.temperature, args.seed)
+            samples = sample_world(world, cache, starts, args.horizons, args.samples, args.temperature, args.seed,
+                                   progress=bar)
             per_h = [sample_metrics(samples[:, i], real[i], start, args.change_threshold, lpips_model)
                      for i in range(len(args.horizons))]
             for kind in ("mean of k", "best of k"):
@@ -546,6 +647,7 @@ def main(argv=None):
                     str(h): per_h[i][kind] for i, h in enumerate(args.horizons)}
             diversity[name] = {str(h): per_h[i]["diversity"] for i, h in enumerate(args.horizons)}
             strips[f"model T={args.temperature:g} sample{tag}"] = samples[0]
+    bar.close()
     results["copy-last-frame"] = {str(h): summarize(frame_metrics(copy_frame[i], real[i], start,
                                                                   args.change_threshold, lpips_model))
                                   for i, h in enumerate(args.horizons)}
@@ -553,7 +655,9 @@ def main(argv=None):
     results = {m: results[m] for m in order}
     no_action = {name: no_action_report(world, cache, starts) for name, world in worlds.items()}
     events, hold = {}, {}
-    if args.events > 0:
+    if args.events > 0 and args.game != "tetris":
+        print(f"events: skipped (the event kinds are Tetris's, read from its RAM; this is {args.game})")
+    elif args.events > 0:
         try:
             ram = load_ram(args.dataset)
             events = event_report(worlds, cache, ram, args.events, args.seed, args.change_threshold)
@@ -568,6 +672,12 @@ def main(argv=None):
               f"(fingerprint {cache.fingerprint}), driven by the recorded buttons.\n\n")
     notes = "\n\n## No-action check (one step from the same starts)\n\n" + "\n".join(
         f"- {name}: " + "; ".join(f"{k} {v:.5f}" for k, v in r.items()) for name, r in no_action.items())
+    tokenizers = {n: w.tokenizer_report for n, w in worlds.items() if getattr(w, "tokenizer_report", None)}
+    if tokenizers:
+        notes += "\n\n## Tile tokenizer on this dataset\n\n" + "\n".join(
+            f"- {n}: {r['exact_tile_occurrences']:.2%} of tile occurrences drawn exactly ({r['exact_distinct_tiles']:.2%} "
+            f"of {r['distinct_tiles']:,} distinct tiles; {r['codes_in_use']} codes); the rest get the nearest code"
+            for n, r in tokenizers.items())
     if events:
         notes += "\n\n## By event\n\n" + event_table(events, args.change_threshold) + "\n"
     if hold:
@@ -589,7 +699,7 @@ def main(argv=None):
                "seed": args.seed, "starts": len(starts), "horizons": args.horizons,
                "change_threshold": args.change_threshold, "results": results, "no_action": no_action,
                "samples": args.samples, "temperature": args.temperature, "diversity": diversity, "events": events,
-               "hold": hold, "seconds": time.time() - t0}
+               "hold": hold, "tokenizer": tokenizers, "seconds": time.time() - t0}
     for path, text in ((args.out + ".md", header + table + notes + "\n"),
                        (args.out + ".json", json.dumps(payload, indent=1))):
         with open(path + ".tmp", "w") as f:

@@ -1,7 +1,8 @@
-"""Play NES Tetris inside the neural network.
+"""Play a retro game inside the neural network: NES Tetris, Super Mario Bros. or Ms. Pac-Man.
 
-    python main.py                                   # window, 30 FPS, the shipped tile world (checkpoints/tiles)
-    python main.py --checkpoint checkpoints/tetris   # the 80x80 latent model of phases 2 and 3
+    python main.py                                   # window, 30 FPS, Tetris's tile world (checkpoints/tetris)
+    python main.py --game smb                         # Super Mario Bros. (checkpoints/smb); --game mspacman
+    python main.py --checkpoint checkpoints/tetris_latent   # Tetris's 80×80 latent model of phases 2 and 3
     python main.py --headless --frames 300 --actions random --record results/play.gif
     python main.py --benchmark                        # model-only and full-loop FPS on this machine
     python main.py --headless --frames 18000 --actions random --stats results/stability   # 10 minutes
@@ -21,40 +22,28 @@ import time
 import numpy as np
 import torch
 
-from collect import ACTION_NAMES, RandomPolicy, TetrisBot, keys_to_action
-from train import (GAME_OVER_STATE, CheckpointError, FlowDynamicsModel, TileWorld, WorldModel, load_frames, load_world,
-                   save_figure, to_gray80)
+from collect import ACTION_NAMES, GAMES, PROBES, FrameBot, RandomPolicy, bounded, keys_to_action
+from train import CheckpointError, World, load_frames, load_world, save_figure, to_gray80
 
 HELP = "arrows  X=A  Z=B  Enter=START  RShift=SELECT  R=reset  -/= temperature  Esc=quit"
-WIDTH, HEIGHT, BAR = 512, 480, 44  # the NES's 256x240 aspect, doubled, plus a status bar
-RULE_SWITCHES = (  # main.py's --FLAG on|off: the tile world's play rules, and the TileWorld method that drops each
-    ("--tile-support", "drop_tile_support", "keep each tile position to the codes it showed"),
-    ("--piece-rule", "drop_piece_rule", "draw the falling piece whole where its state bytes put it, never step it "
-                                        "onto a stacked block, and change nothing else while it falls, locks or spawns"),
-    ("--byte-tiles", "drop_byte_tiles", "draw the tiles that the state's bytes decide (digits, the level's colours, "
-                                        "the preview) from the bytes"),
-    ("--phase-steps", "drop_phase_steps", "move the bytes of the game's phase (play state, line-clear counters, game "
-                                          "mode) together, only along steps the data took, keep every byte still that "
-                                          "never changed over such a step (the counters count only at a spawn), and "
-                                          "keep the falling piece to the columns, rows and play states the data "
-                                          "showed for its orientation"),
-    ("--gravity", "drop_gravity", "make a falling piece fall a row where its fall timer resets or passes the longest "
-                                  "wait the data showed at its level, or where DOWN is held and the soft-drop counter "
-                                  "steps as it did on the data's falls"),
-    ("--numbers", "drop_numbers", "count the numbers the screen prints (piece counts, lines, score) in decimal past "
-                                  "the values the data showed, and draw their digits from the codes their units "
-                                  "digit showed"),
-    ("--state-transitions", "drop_state_transitions", "let each state byte take only steps it took in the data"),
-)
+BAR = 44  # the status bar under the game
 
+
+def window_size(frame: np.ndarray) -> tuple[int, int]:
+    """The game's pixels scaled by a whole number, at least 480 wide (the NES's 256×240 doubled: 512×480; an Atari
+    frame, 160×210, tripled: 480×630); an 80×80 grayscale model's frames at the NES's aspect, 512×480."""
+    if frame.ndim == 2:
+        return 512, 480
+    scale = max(2, -(-480 // frame.shape[1]))
+    return frame.shape[1] * scale, frame.shape[0] * scale
 
 # ----------------------------------------------------------------------------- the network as a game
-class NeuralTetris:
+class NeuralGame:
     """The world model behind a game-like interface: reset() and step(buttons) return uint8 frames."""
 
-    def __init__(self, world: WorldModel, start: str = "play", compile_model: bool = False,
-                 temperature: float | None = None):
-        self.world, self.start_name = world, start
+    def __init__(self, world: World, start: str = "play", compile_model: bool = False,
+                 temperature: float | None = None, title: str = "game"):
+        self.world, self.start_name, self.title = world, start, title
         # how far a stochastic model strays from its central future: 0 = deterministic, 1 = a full sample
         self.temperature = world.default_temperature if temperature is None else temperature
         if compile_model:
@@ -62,6 +51,7 @@ class NeuralTetris:
             if hasattr(world.autoencoder, "decoder"):  # a tile world decodes by lookup
                 world.autoencoder.decoder = torch.compile(world.autoencoder.decoder)
         self.state = None
+        self.frame = None  # the frame shown last: all that a player (or --actions bot) sees
 
     def reset(self) -> np.ndarray:
         self.state = self.world.start(self.start_name)
@@ -74,42 +64,100 @@ class NeuralTetris:
         return self._show(z)
 
     def _show(self, z) -> np.ndarray:
-        return self.world.show(z)  # (H, W) grayscale or, for a tile world, (240, 256, 3) RGB; uint8
+        self.frame = self.world.show(z)  # (H, W) grayscale or, for a tile world, (240, 256, 3) RGB; uint8
+        return self.frame
 
 
 # ----------------------------------------------------------------------------- action sources
-def action_source(spec: str | None, seed: int, env: NeuralTetris | None = None):
-    """None (keyboard), 'random' (seeded random buttons), 'bot' (collect.py's placement bot, reading the dream's
-    own state and board: a tile world's; it clears lines) or a file of 8-int rows (.npy, .json, .txt)."""
+def action_source(spec: str | None, seed: int, env: NeuralGame | None = None, game: str = "tetris"):
+    """None (keyboard), 'random' (seeded random buttons), 'bot' (collect.py's placement bot, FrameBot: it reads the
+    board and the falling piece off the frames the dream shows, never the model's state, so it plays any model that
+    shows native 240×256 RGB frames, as a tile world does; it clears lines) or a file of 8-int rows (.npy, .json,
+    .txt)."""
     if spec is None:
         return None
     if spec == "random":
         policy = RandomPolicy(np.random.default_rng(seed))
         return lambda t: policy(None)
     if spec == "bot":
-        if env is None or not isinstance(env.world, TileWorld):
-            raise SystemExit("error: --actions bot: the bot reads the dream's state bytes and board, which only a tile "
-                             "world has (try --checkpoint checkpoints/tiles)")
-        bot = TetrisBot(np.random.default_rng(seed))
-        try:
-            env.world.dream_ram(env.world.start(env.start_name))
-        except CheckpointError as e:
-            raise SystemExit(f"error: --actions bot: {e}")
-        return lambda t: bot(env.world.dream_ram(env.state))
-    if not os.path.isfile(spec):
-        raise SystemExit(f"error: --actions {spec}: no such file (use 'random' or a .npy/.json/.txt of 8-int rows)")
-    if spec.endswith(".npy"):
-        actions = np.load(spec)
-    elif spec.endswith(".json"):
-        with open(spec) as f:
-            actions = np.array(json.load(f))
-    else:
-        actions = np.loadtxt(spec, ndmin=2)
-    if actions.ndim != 2 or actions.shape[1] != 8 or not np.isin(actions, (0, 1)).all():
-        raise SystemExit(f"error: --actions {spec}: need rows of 8 values of 0 or 1 ({', '.join(ACTION_NAMES)}), "
-                         f"got shape {actions.shape}")
-    actions = actions.astype(np.uint8)
+        if game != "tetris":
+            raise SystemExit(f"error: --actions bot: the frame-reading bot plays Tetris only, not {game} "
+                             f"(use random, the keyboard or a file of buttons)")
+        if env is None:
+            raise SystemExit("error: --actions bot: the bot reads the frames a model shows, native 240×256 RGB frames "
+                             "as a tile world's (try --checkpoint checkpoints/tetris)")
+        frame = env.frame if env.frame is not None else env.reset()
+        if frame.shape != (240, 256, 3):
+            raise SystemExit(f"error: --actions bot: the bot reads the board off native 240×256 RGB frames, and this "
+                             f"model shows {'x'.join(map(str, frame.shape))} "
+                             f"{'grayscale ' if frame.ndim == 2 else ''}frames (try --checkpoint checkpoints/tetris)")
+        bot = FrameBot(np.random.default_rng(seed))
+        return lambda t: bot(env.frame)  # the frame on screen when the buttons are chosen
+    actions = read_actions(spec)
     return lambda t: actions[t % len(actions)]
+
+
+def read_actions(path: str) -> np.ndarray:
+    """A file of button rows -> (T, 8) uint8: a .npy array, a .json list of lists, or text with one row of
+    8 values per line (spaces or commas between them, # comments and blank lines skipped). Each value is 0 or 1,
+    in the order A, B, SELECT, START, UP, DOWN, LEFT, RIGHT. Anything else is a one-line SystemExit naming the
+    file and the row (or line) at fault."""
+    want = f"8 values of 0 or 1 ({' '.join(ACTION_NAMES)})"
+    fail = lambda msg: SystemExit(f"error: --actions {path}: {msg}")
+    if not os.path.isfile(path):
+        raise fail("no such file (use 'random', 'bot' or a .npy/.json/.txt of rows of 8 values of 0 or 1)")
+    try:
+        if path.endswith(".npy"):
+            try:
+                rows = np.load(path, allow_pickle=False)
+            except (ValueError, EOFError) as e:  # not .npy data, an object array, an empty file
+                raise fail(f"cannot be loaded as a numpy .npy array ({str(e).splitlines()[0] if str(e) else 'empty'})"
+                           ) from None
+            if rows.ndim != 2 or rows.shape[1] != 8:
+                raise fail(f"need an array of shape (rows, 8) holding {want}, got shape {rows.shape}")
+            where = "row"
+        elif path.endswith(".json"):
+            with open(path) as f:
+                try:
+                    rows = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise fail(f"not valid JSON ({e})") from None
+            if not isinstance(rows, list):
+                raise fail(f"need a JSON list of rows, each a list of {want}")
+            where = "row"
+        else:
+            with open(path) as f:
+                lines = [(n, line.split("#", 1)[0].replace(",", " ").split()) for n, line in enumerate(f, 1)]
+            rows = [tokens for _, tokens in lines if tokens]
+            numbers = [n for n, tokens in lines if tokens]
+            where = "line"
+    except UnicodeDecodeError:
+        raise fail(f"not a text file of {want} per line (binary data; use .npy for a numpy array)") from None
+    except OSError as e:
+        raise fail(f"cannot be read ({e.strerror or e})") from None
+    if len(rows) == 0:
+        raise fail(f"no rows of buttons (need at least one row of {want})")
+    try:  # the common case at numpy speed; the loop below only runs to say what is wrong
+        arr = np.array(rows, dtype=np.float64)
+        if arr.shape == (len(rows), 8) and np.isin(arr, (0, 1)).all():
+            return arr.astype(np.uint8)
+    except (TypeError, ValueError):
+        pass
+    show = lambda x: (repr(x) if len(repr(x)) <= 60 else repr(x)[:57] + "...")
+    for i, row in enumerate(rows):
+        at = f"line {numbers[i]}" if where == "line" else f"row {i}"
+        got = " ".join(row) if where == "line" else show(row.tolist() if isinstance(row, np.ndarray) else row)
+        if not isinstance(row, (list, tuple, np.ndarray)) or len(row) != 8:
+            raise fail(f"{at}: need {want}, got {got}")
+        for j, v in enumerate(row):
+            try:
+                ok = float(v) in (0.0, 1.0)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                v = v.item() if isinstance(v, np.generic) else v
+                raise fail(f"{at}: need {want}, got {v if where == 'line' else show(v)} for {ACTION_NAMES[j]}")
+    raise fail(f"need rows of {want}")  # not reached: the loop names the bad row
 
 
 def display_available() -> bool:
@@ -120,7 +168,7 @@ def display_available() -> bool:
 class Game:
     """A plain pygame loop: knows frames, keys and clocks, nothing about how the model was trained."""
 
-    def __init__(self, env: NeuralTetris, headless: bool, fps: int):
+    def __init__(self, env: NeuralGame, headless: bool, fps: int):
         if headless:
             os.environ["SDL_VIDEODRIVER"] = "dummy"
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
@@ -128,8 +176,9 @@ class Game:
         import pygame
         self.pg = pygame
         pygame.init()
-        self.screen = pygame.display.set_mode((WIDTH, HEIGHT + BAR))
-        pygame.display.set_caption("Neural NES Tetris")
+        self.size = window_size(env.frame if env.frame is not None else env.reset())
+        self.screen = pygame.display.set_mode((self.size[0], self.size[1] + BAR))
+        pygame.display.set_caption(f"Neural {env.title}")
         self.font = pygame.font.Font(None, 20)
         self.env, self.fps, self.headless = env, fps, headless
         self.clock = pygame.time.Clock()
@@ -137,11 +186,12 @@ class Game:
     def draw(self, frame: np.ndarray, status: str):
         pg = self.pg
         rgb = frame.swapaxes(0, 1) if frame.ndim == 3 else np.repeat(frame.T[:, :, None], 3, axis=2)  # (W, H, 3)
-        surf = pg.transform.scale(pg.surfarray.make_surface(rgb), (WIDTH, HEIGHT))
+        width, height = self.size
+        surf = pg.transform.scale(pg.surfarray.make_surface(rgb), (width, height))
         self.screen.blit(surf, (0, 0))
-        self.screen.fill((20, 20, 20), (0, HEIGHT, WIDTH, BAR))
-        self.screen.blit(self.font.render(status, True, (230, 230, 120)), (6, HEIGHT + 4))
-        self.screen.blit(self.font.render(HELP, True, (200, 200, 200)), (6, HEIGHT + 24))
+        self.screen.fill((20, 20, 20), (0, height, width, BAR))
+        self.screen.blit(self.font.render(status, True, (230, 230, 120)), (6, height + 4))
+        self.screen.blit(self.font.render(HELP, True, (200, 200, 200)), (6, height + 24))
         pg.display.flip()
 
     def run(self, frames: int | None, actions=None, record=None, on_frame=None) -> dict:
@@ -222,10 +272,11 @@ class FrameStats:
                "brightness": [float(m.min()), float(m.max())], "contrast": [float(s.min()), float(s.max())],
                "reference": {k: v for k, v in reference.items() if k != "bank"} if reference else None}
         change = np.array(self.change)
-        minutes = [change[i:i + 1800] for i in range(0, len(change), 1800)]
+        minute, ten = 60 * self.steps_per_second, 10 * self.steps_per_second
+        minutes = [change[i:i + minute] for i in range(0, len(change), minute)]
         out["frame_change_per_minute"] = [float(c.mean()) for c in minutes]  # mean |pixel change| per step
         out["frames_changing_per_minute"] = [float((c > 1e-3).mean()) for c in minutes]
-        windows = [change[i:i + 300] for i in range(0, len(change) - 299, 300)]  # whole 10 s windows
+        windows = [change[i:i + ten] for i in range(0, len(change) - ten + 1, ten)]  # whole 10 s windows
         out["frames_changing_per_10_seconds"] = [float((c > 1e-3).mean()) for c in windows]
         if reference and "frames_changing_10s_stillest" in reference:
             # a dream that stalls (nothing falls, nothing moves) looks real frame by frame: this catches it
@@ -236,7 +287,7 @@ class FrameStats:
             inside = lambda x, r: float(((x >= r[0]) & (x <= r[1])).mean())
             for key, series in (("brightness", m), ("contrast", s)):
                 out[f"{key}_inside_real_range"] = inside(series, reference[key])
-                out[f"{key}_inside_real_range_first_minute"] = inside(series[:1800], reference[key])
+                out[f"{key}_inside_real_range_first_minute"] = inside(series[:minute], reference[key])
             d = self.realism(reference)
             if d is not None:
                 limit = reference["nearest_real_l1"][1]
@@ -257,7 +308,7 @@ class FrameStats:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        secs = np.arange(len(self.mean)) / 30
+        secs = np.arange(len(self.mean)) / self.steps_per_second
         realism = self.realism(reference)
         fig, ax = plt.subplots(1, 3 if realism is not None else 2, figsize=(16 if realism is not None else 11, 3.4))
         for a, series, name in ((ax[0], self.mean, "brightness (frame mean)"), (ax[1], self.std, "contrast (frame std)")):
@@ -265,14 +316,14 @@ class FrameStats:
             if reference:
                 lo, hi = reference[name.split()[0]]
                 a.axhspan(lo, hi, color="g", alpha=0.15, label="real frames (0.5-99.5 percentile)")
-            a.set_xlabel("seconds of play (30 frames/s)")
+            a.set_xlabel(f"seconds of play ({self.steps_per_second} frames/s)")
             a.set_title(name, fontsize=10)
             a.legend(fontsize=7)
         if realism is not None:
             lo, hi = reference["nearest_real_l1"]
             ax[2].plot(np.arange(len(realism)), realism, lw=0.8, label="neural play, one frame a second")
             ax[2].axhspan(0, hi, color="g", alpha=0.15, label=f"real frames of other episodes (median {lo:.3f}, 99th pct)")
-            ax[2].set_xlabel("seconds of play (30 frames/s)")
+            ax[2].set_xlabel(f"seconds of play ({self.steps_per_second} frames/s)")
             ax[2].set_title("L1 to the nearest real frame (lower = more like the real game)", fontsize=10)
             ax[2].legend(fontsize=7)
         fig.tight_layout()
@@ -288,6 +339,33 @@ class FrameStats:
             save_figure(fig, prefix + "_frames.png")
             plt.close(fig)
         return self.summary(reference)
+
+
+class ShownProbe:
+    """The game's frame probe (collect.PROBES) over the frames shown, timed: what the dream's game did, read off its
+    pixels alone (never the model's state). A model whose frames it cannot read (the 80×80 grayscale models) leaves
+    it off, with the reason."""
+
+    def __init__(self, game: str = "tetris"):
+        self.probe, self.reason, self.seconds = PROBES[game](), None, 0.0
+        self.shape = tuple(GAMES[game].frame_shape)
+
+    def __call__(self, frame: np.ndarray):
+        if self.reason is not None:
+            return
+        if frame.shape != self.shape:
+            self.reason = (f"the probe reads native {self.shape[0]}×{self.shape[1]} RGB frames; this model shows "
+                           f"{'x'.join(map(str, frame.shape))} {'grayscale' if frame.ndim == 2 else 'frames'}")
+            return
+        t0 = time.perf_counter()
+        self.probe(frame)
+        self.seconds += time.perf_counter() - t0
+
+    def summary(self, real_seconds_share: float | None) -> dict | None:
+        if self.reason is not None or self.probe.t == 0:
+            return None
+        return self.probe.summary() | {"real_seconds_share": real_seconds_share,
+                                       "probe_ms_per_frame": round(1000 * self.seconds / self.probe.t, 3)}
 
 
 class ContactSheet:
@@ -326,7 +404,8 @@ def nearest_real_l1(frames: np.ndarray, bank: np.ndarray, chunk: int = 256) -> n
     return (torch.cat(out) / ref.shape[1]).numpy()
 
 
-def reference_ranges(dataset: str, image_size: int, cache_dir: str = ".cache") -> dict | None:
+def reference_ranges(dataset: str, image_size: int, cache_dir: str = ".cache", steps_per_second: int = 30
+                     ) -> dict | None:
     """What real frames look like, from a recorded dataset if there is one: brightness and contrast ranges
     (0.5-99.5 percentiles), a bank of real frames (every 5th frame of the even episodes) and how close real
     frames of the odd episodes come to that bank (median and 99th percentile of their nearest-frame L1):
@@ -358,46 +437,15 @@ def reference_ranges(dataset: str, image_size: int, cache_dir: str = ".cache") -
     for s in range(0, len(steps), 4096):
         i = steps[s:s + 4096]
         moving[i + 1] = np.abs(cache.frames[i + 1].astype(np.int16) - cache.frames[i]).mean(axis=(1, 2)) > 255e-3
-    shares = [moving[i:i + 300].mean() for i in range(0, len(moving) - 299, 30)
-              if cache.episodes[i] == cache.episodes[i + 299]]
+    ten = 10 * steps_per_second
+    shares = [moving[i:i + ten].mean() for i in range(0, len(moving) - ten + 1, steps_per_second)
+              if cache.episodes[i] == cache.episodes[i + ten - 1]]
     if shares:
         out["frames_changing_10s_stillest"] = float(np.percentile(shares, 1))
     return out
 
 
-def bcd(*values) -> int:
-    """Binary-coded decimal bytes, least significant first -> the number they print."""
-    return sum(((v >> 4) * 10 + (v & 15)) * 100 ** i for i, v in enumerate(values))
-
-
-def dream_game(states: np.ndarray, names) -> dict:
-    """A tile world's state bytes at every frame (T, S) -> what its game did: the pieces that spawned (entries
-    into the falling state), the lines and the score it counted, the most frames a falling piece spent without
-    falling a row (a piece that hovers or rests without locking shows here), and the second of the first game over
-    (None if none; at 30 frames a second)."""
-    col = {n: [int(v) for v in states[:, names.index(n)]] for n in names}
-    out = {}
-    if "play state" in col:
-        falling = np.array(col["play state"]) == 1
-        out["pieces_spawned"] = int((falling[1:] & ~falling[:-1]).sum())
-        over = np.flatnonzero(np.array(col["play state"]) == GAME_OVER_STATE)
-        out["game_over_at_s"] = round(float(over[0]) / 30, 1) if len(over) else None
-        if "piece y" in col:
-            run = longest = 0
-            for t in range(1, len(states)):
-                run = run + 1 if falling[t] and falling[t - 1] and col["piece y"][t] == col["piece y"][t - 1] else 0
-                longest = max(longest, run)
-            out["longest_rest_of_a_falling_piece"] = longest
-    if "lines" in col:
-        lines = [bcd(a, b) for a, b in zip(col["lines"], col.get("lines hi", [0] * len(states)))]
-        out["lines"] = [lines[0], lines[-1]]
-    if "score lo" in col:
-        score = [bcd(*v) for v in zip(col["score lo"], col["score mid"], col["score hi"])]
-        out["score"] = [score[0], score[-1]]
-    return out
-
-
-def model_fps(env: NeuralTetris, frames: int) -> tuple[float, np.ndarray]:
+def model_fps(env: NeuralGame, frames: int) -> tuple[float, np.ndarray]:
     """Model-only FPS (dynamics step + decode) over seeded random buttons, after 20 warm-up steps
     (and compilation, if on). -> (FPS, the buttons pressed after warm-up)."""
     env.reset()
@@ -410,7 +458,7 @@ def model_fps(env: NeuralTetris, frames: int) -> tuple[float, np.ndarray]:
     return frames / (time.perf_counter() - t0), actions[20:]
 
 
-def benchmark(env: NeuralTetris, args) -> dict:
+def benchmark(env: NeuralGame, args) -> dict:
     """Model-only FPS (dynamics step + decode) and full-loop FPS (plus upscale and blit), uncapped."""
     fps, actions = model_fps(env, args.frames)
     loop = Game(env, headless=True, fps=0).run(args.frames, actions=lambda t: actions[t])
@@ -422,33 +470,39 @@ def benchmark(env: NeuralTetris, args) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="checkpoints/tiles",
-                   help="directory with autoencoder.pt and dynamics.pt (default: the tile world, in native colour; "
-                        "checkpoints/tetris is the 80x80 latent model)")
+    p.add_argument("--game", default="tetris", choices=sorted(GAMES),
+                   help="which game's shipped model to play: checkpoints/GAME, with that game's frame probe for --stats")
+    p.add_argument("--checkpoint", default=None,
+                   help="directory with autoencoder.pt and dynamics.pt (default: checkpoints/GAME, the game's tile "
+                        "world in native colour; checkpoints/tetris_latent is Tetris's 80×80 latent model)")
     p.add_argument("--start", default="play", help="start context shipped with the checkpoint")
     p.add_argument("--headless", action="store_true", help="no window (SDL dummy driver)")
-    p.add_argument("--frames", type=int, default=None, help="stop after this many frames (default: until Esc; 300 headless)")
-    p.add_argument("--actions", default=None, help="'random', 'bot' (a placement bot that reads a tile world's dream and clears lines) or a "
-                        ".npy/.json/.txt of 8-int rows (default: keyboard; random headless)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --actions random and for sampling")
+    p.add_argument("--frames", type=bounded(int, 1), default=None, help="stop after this many frames (default: until Esc; 300 headless)")
+    p.add_argument("--actions", default=None, help="'random', 'bot' (a placement bot that reads the board off the frames "
+                        "shown, never the model's state, and clears lines; it needs native RGB frames, as a tile world's) "
+                        "or a .npy/.json/.txt of 8-int rows (default: keyboard; random headless)")
+    p.add_argument("--seed", type=bounded(int, 0), default=0, help="seed for --actions random and for sampling")
     p.add_argument("--temperature", type=float, default=None,
                    help="stochastic dynamics: 0 = deterministic .. 1 = full samples (default: the checkpoint's; "
                         "keys - and = change it while playing)")
     p.add_argument("--flow-steps", type=int, default=None,
                    help="flow dynamics: Euler steps per frame (default: the checkpoint's); fewer play faster")
-    p.add_argument("--fps", type=int, default=None, help="frame cap; 0 = as fast as possible (default: 30 in a window, 0 headless)")
+    p.add_argument("--fps", type=bounded(int, 0), default=None,
+                   help="frame cap; 0 = as fast as possible (default: the real game's steps per second in a window "
+                        "(30 for the NES games, 20 for Ms. Pac-Man), 0 headless)")
     p.add_argument("--record", default=None, help="write what was shown to this .gif")
     p.add_argument("--stats", default=None, metavar="PREFIX",
                    help="write frame statistics over time (PREFIX_stats.png/.json: brightness, contrast, NaNs, and each "
-                        "second's L1 to the nearest real frame), frames at 0/60/600 s and PREFIX_sheet.png (see "
-                        "--sheet-seconds); for a tile world also PREFIX_state.csv, its RAM state bytes at every frame")
+                        "second's L1 to the nearest real frame), frames at 0/60/600 s, PREFIX_sheet.png (see "
+                        "--sheet-seconds) and the game's frame probe (what the frames shown did)")
     p.add_argument("--sheet-seconds", type=float, default=5.0,
                    help="with --stats, also write PREFIX_sheet.png: the frame shown every this many seconds, as a grid")
-    p.add_argument("--reference", default="data/tetris_train",
-                   help="dataset whose real frames give the --stats ranges and the bank of real frames")
-    for flag, _, text in RULE_SWITCHES:
-        p.add_argument(flag, default="on", choices=["on", "off"], help=f"tile worlds: on = {text} (where the checkpoint "
-                       f"has it, learnt from the training data); off = play without it, to see what it does")
+    p.add_argument("--reference", default=None,
+                   help="dataset whose real frames give the --stats ranges and the bank of real frames "
+                        "(default: data/GAME_train, where it was recorded)")
+    p.add_argument("--priors", default="on", choices=["on", "off"],
+                   help="the checkpoint's data-derived, game-agnostic priors (a tile world's value vocabulary: the "
+                        "values each state byte took in training); off = play without them, to measure them")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile: auto = on CUDA only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--benchmark", action="store_true", help="print model-only and full-loop FPS and exit")
@@ -457,6 +511,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.checkpoint = args.checkpoint or os.path.join("checkpoints", args.game)
+    args.reference = f"data/{args.game}_train" if args.reference is None else args.reference  # "": none
     torch.set_flush_denormal(True)  # subnormal numbers as zero: see train.main
     if not args.headless and not args.benchmark and not display_available():
         print("main.py: no display found (DISPLAY is not set): running headless instead; "
@@ -466,50 +522,51 @@ def main(argv=None):
         args.frames = args.frames or 300
         args.actions = args.actions or "random"
     if args.fps is None:
-        args.fps = 0 if args.headless else 30
+        args.fps = 0 if args.headless else round(GAMES[args.game].steps_per_second)
+    if args.flow_steps is not None and args.flow_steps < 1:
+        raise SystemExit(f"error: --flow-steps {args.flow_steps}: must be >= 1")
+    if args.temperature is not None and not 0 <= args.temperature <= 1:
+        raise SystemExit(f"error: --temperature {args.temperature}: must be between 0 and 1")
+    if args.stats and not args.sheet_seconds > 0:
+        raise SystemExit(f"error: --sheet-seconds {args.sheet_seconds}: must be > 0")
+    if args.record and not args.record.lower().endswith(".gif"):
+        raise SystemExit(f"error: --record {args.record}: only .gif is supported")
+    if args.actions not in (None, "random", "bot"):
+        read_actions(args.actions)  # a bad file stops here, before the model loads or a window opens
     try:
         world = load_world(args.checkpoint, device=args.device)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
-    for flag, drop, _ in RULE_SWITCHES:
-        if getattr(args, flag[2:].replace("-", "_")) == "off":
-            if not isinstance(world, TileWorld):
-                raise SystemExit(f"error: {flag} off: {args.checkpoint} is not a tile world")
-            getattr(world, drop)()
+    if args.priors == "off" and not world.drop_priors():
+        raise SystemExit(f"error: --priors off: {args.checkpoint} has no priors to drop")
     if args.flow_steps is not None:
-        if not isinstance(world.dynamics, FlowDynamicsModel):
+        if not hasattr(world.dynamics, "steps"):
             raise SystemExit(f"error: --flow-steps: {args.checkpoint} has {type(world.dynamics).__name__}, "
                              f"not flow dynamics")
-        if args.flow_steps < 1:
-            raise SystemExit(f"error: --flow-steps {args.flow_steps}: must be >= 1")
         world.dynamics.steps = args.flow_steps
     compile_model = args.compile == "on" or (args.compile == "auto" and args.device.startswith("cuda"))
     try:
-        if args.temperature is not None and not 0 <= args.temperature <= 1:
-            raise SystemExit(f"error: --temperature {args.temperature}: must be between 0 and 1")
         torch.manual_seed(args.seed)
-        env = NeuralTetris(world, args.start, compile_model, args.temperature)
+        env = NeuralGame(world, args.start, compile_model, args.temperature, GAMES[args.game].title)
     except KeyError as e:
         raise SystemExit(f"error: --start: {e.args[0]}")
     if args.benchmark:
         result = benchmark(env, args)
         print(json.dumps(result, indent=1))
         return result
-    stats = FrameStats(args.frames or 10**9) if args.stats else None
-    if stats and args.sheet_seconds <= 0:
-        raise SystemExit(f"error: --sheet-seconds {args.sheet_seconds}: must be > 0")
-    sheet = ContactSheet(max(1, round(args.sheet_seconds * 30))) if stats else None
+    per_second = round(GAMES[args.game].steps_per_second)  # steps of the real game per second
+    stats = FrameStats(args.frames or 10**9, steps_per_second=per_second) if args.stats else None
+    sheet = ContactSheet(max(1, round(args.sheet_seconds * per_second)), per_second) if stats else None
+    probe = ShownProbe(args.game) if stats else None
     recorded = [] if args.record else None
     on_frame = None
-    trace = [] if stats and isinstance(world, TileWorld) else None
     if stats:
-        def on_frame(t, frame):  # a tile world's frame is scored as the 80x80 grayscale pipeline sees it
-            stats(t, to_gray80(frame[None])[0] if trace is not None else frame)
+        def on_frame(t, frame):  # a colour frame is scored as the 80×80 grayscale pipeline sees it
+            stats(t, to_gray80(frame[None])[0] if frame.ndim == 3 else frame)
             sheet(t, frame)
-            if trace is not None:  # and its state bytes are logged
-                trace.append([t] + env.state[1][0].tolist())
-    result = Game(env, args.headless, args.fps).run(args.frames, action_source(args.actions, args.seed, env),
-                                                    recorded, on_frame)
+            probe(frame)  # the game read off the frame shown
+    actions = action_source(args.actions, args.seed, env, args.game)  # a bot that cannot read the frames stops here
+    result = Game(env, args.headless, args.fps).run(args.frames, actions, recorded, on_frame)
     temp = f", temperature {env.temperature:g}" if world.stochastic else ""
     print(f"played {result['frames']} frames in {result['seconds']:.1f} s ({result['fps']:.1f} FPS, "
           f"{'headless' if args.headless else 'window'}{temp})")
@@ -517,18 +574,17 @@ def main(argv=None):
         write_gif(recorded, args.record)
         print(f"wrote {args.record}")
     if stats:
-        reference = reference_ranges(args.reference, world.image_size)
+        reference = reference_ranges(args.reference, world.image_size, steps_per_second=per_second)
         report = stats.report(args.stats, reference)
         sheet.write(args.stats + "_sheet.png")
         given = sys.argv[1:] if argv is None else argv
         report |= {"fps": result["fps"], "command": "python main.py " + " ".join(given)}
-        if trace:  # what the dream's game did, read off its state bytes
-            report["game"] = dream_game(np.array(trace)[:, 1:], world.dynamics.state_names)
+        # and read off its frames alone (collect.TetrisProbe): pieces locked, rows cleared, top-out, stalls
+        report["probe"] = probe.summary(report.get("seconds_as_real_as_real_frames"))
+        if report["probe"] is None:
+            report["probe_skipped"] = probe.reason or "no frames played"
         with open(args.stats + "_stats.json", "w") as f:
             json.dump(report, f, indent=1)
-        if trace:  # the tile world's recurrent RAM state, step by step: where the dream's game went wrong
-            np.savetxt(args.stats + "_state.csv", np.array(trace), fmt="%d", delimiter=",", comments="",
-                       header=",".join(["frame"] + [n.replace(" ", "_") for n in world.dynamics.state_names]))
         print(json.dumps(report, indent=1))
     return result
 

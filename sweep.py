@@ -70,6 +70,7 @@ def train_setting(cfg: train.Config, autoencoder: str | None = None) -> None:
     autoencoder.pt), every setting shares that frozen autoencoder and trains only its dynamics."""
     marker = os.path.join(cfg.out, "setting.json")
     want = dataclasses.asdict(cfg) | ({"autoencoder": autoencoder} if autoencoder else {})
+    want = json.loads(json.dumps(want))  # as setting.json stores it (a tuple comes back as a list)
     if os.path.exists(marker) and os.path.exists(os.path.join(cfg.out, "dynamics.pt")):
         with open(marker) as f:
             if json.load(f) == want:
@@ -95,7 +96,7 @@ def train_setting(cfg: train.Config, autoencoder: str | None = None) -> None:
 
 def stability(world: train.WorldModel, frames: int, actions_path: str, reference: dict | None) -> dict:
     """Frame statistics over a long headless run with the given buttons, as main.py --stats measures them."""
-    env = play.NeuralTetris(world)
+    env = play.NeuralGame(world)
     source = play.action_source(actions_path, 0)
     stats = play.FrameStats(frames)
     frame = env.reset()
@@ -133,7 +134,7 @@ def score_setting(cfg: train.Config, args, cache, starts, real, start, lpips_mod
     scores["autoencoder_parameters"] = sum(p.numel() for p in world.autoencoder.parameters())
     scores["dynamics_parameters"] = sum(p.numel() for p in world.dynamics.parameters())
     scores["latent_size"] = int(np.prod(world.latent_shape))
-    scores["play_fps"] = play.model_fps(play.NeuralTetris(world), 300)[0]
+    scores["play_fps"] = play.model_fps(play.NeuralGame(world), 300)[0]
     scores["val_l1"] = train.read_checkpoint(os.path.join(cfg.out, "autoencoder.pt"), "autoencoder").get("val_l1")
     if world.stochastic and args.samples:
         samples = evaluate.sample_world(world, cache, starts, args.horizons, args.samples, args.temperature, args.seed)

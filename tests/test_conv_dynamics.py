@@ -44,3 +44,20 @@ def test_a_move_learned_on_the_top_half_of_the_board_plays_on_the_bottom_half():
             pred = unseen[0][:, -1] + model.eval()(*unseen[:2])  # not step(): it clamps to the rows seen in training
             errors[name] = (pred - unseen[2]).abs().mean().item()
     assert errors["conv"] < 0.3 * errors["mlp"], errors
+
+
+def test_dyn_change_weight_weights_the_numbers_that_change_in_every_loss():
+    torch.manual_seed(0)
+    z_hist, a_hist = torch.randn(4, 2, 2 * 3 * 3), torch.zeros(4, 2, 8)
+    z_next = z_hist[:, -1].clone()
+    z_next[:, :2] += 1.0  # two numbers change, sixteen stay
+    for model in (train.DynamicsModel(18, history=2, hidden=16),
+                  train.ConvDynamicsModel(18, history=2, width=8, channels=2, blocks=2)):
+        model.set_latent_stats(torch.randn(100, 18))
+        with torch.no_grad():
+            plain, pred = model.loss(z_hist, a_hist, z_next)
+            err = ((pred - z_next) / model.z_scale).pow(2)
+            model.change_weight = 10.0
+            weighted, _ = model.loss(z_hist, a_hist, z_next)
+        assert torch.isclose(plain, err.mean())
+        assert torch.isclose(weighted, (err[:, :2] * 11).sum(1).add(err[:, 2:].sum(1)).div(18).mean())

@@ -61,7 +61,7 @@ def test_headless_play_records_a_gif(tiny_run, tmp_path):
                         "--actions", "random", "--record", gif])
     assert result["frames"] == 12
     img = Image.open(gif)
-    assert img.n_frames == 12 and img.size == (play.WIDTH // 2, (play.HEIGHT + play.BAR) // 2)
+    assert img.n_frames == 12 and img.size == (512 // 2, (480 + play.BAR) // 2)  # the NES's aspect, doubled
 
 
 def test_actions_file_drives_play_and_bad_files_are_refused(tiny_run, tmp_path):
@@ -91,7 +91,7 @@ def test_no_display_falls_back_to_headless(tiny_run, monkeypatch, capsys):
 def test_temperature_zero_replay_is_deterministic(tiny_run):
     import train
     world = train.WorldModel.load(os.path.join(tiny_run, "export"))
-    env = play.NeuralTetris(world)
+    env = play.NeuralGame(world)
     runs = []
     for _ in range(2):
         env.reset()
@@ -175,3 +175,38 @@ def test_hold_scores_the_brightness_kept_on_a_still_falling_piece(tiny_dataset, 
     assert (cache.episodes[rows - evaluate.HOLD_LOOKBACK] == cache.episodes[rows + 1]).all()
     assert not (np.abs(cache.frames[rows + 1].astype(int) - cache.frames[rows]) > 25.5).any()
     assert evaluate.hold_report({"dim": 0.8}, cache, np.zeros_like(ram), 50, 0, 0.1) == {}  # nobody playing
+
+
+def test_play_bars_judge_the_frame_probe_as_issue_19_states():
+    import evaluate
+    bot = {"pieces_locked": 41, "rows_cleared": 5, "top_out_s": None, "longest_still_s": 1.5, "real_seconds_share": 1.0}
+    assert evaluate.play_bar("bot", bot) == "yes"
+    assert evaluate.play_bar("bot", bot | {"rows_cleared": 4}).startswith("no (needs >= 40 locks")
+    assert "still > 2 s" in evaluate.play_bar("bot", bot | {"longest_still_s": 2.5})
+    assert "not measured" in evaluate.play_bar("bot", bot | {"real_seconds_share": None})
+    rnd = {"pieces_locked": 12, "rows_cleared": 0, "top_out_s": 30.0, "longest_still_s": 0.5}
+    assert evaluate.play_bar("random", rnd) == "yes"
+    assert evaluate.play_bar("random", rnd | {"top_out_s": None}).startswith("no")
+    assert evaluate.play_bar("random", rnd | {"top_out_s": 80.0}).startswith("no")
+    assert evaluate.play_bar("recorded", rnd) == "yes" and evaluate.play_bar("recorded", rnd | {"pieces_locked": 11}) != "yes"
+    assert evaluate.play_bar("bot", None) == "no probe"
+
+
+def test_play_table_plays_each_row_and_tables_the_probe(tmp_path, monkeypatch):
+    import evaluate
+    monkeypatch.setattr(evaluate, "PLAY_RUNS", [("random", 3)])
+    out = str(tmp_path / "play")
+    evaluate.main(["--play", "--play-seconds", "0.5", "--checkpoint", "checkpoints/tetris", "--out", out])
+    with open(out + ".json") as f:
+        rows = json.load(f)["rows"]
+    assert len(rows) == 1 and rows[0]["seed"] == 3 and rows[0]["fps"] > 0
+    assert rows[0]["probe"]["frames"] == 15 and rows[0]["bar"].startswith("no")  # half a second: no top-out yet
+    assert "| checkpoints/tetris | - | random | 3 |" in open(out + ".md").read()
+    with pytest.raises(SystemExit, match="failed"):
+        evaluate.main(["--play", "--play-seconds", "0.5", "--checkpoint", str(tmp_path / "none"), "--out", out + "2"])
+
+
+def test_the_window_fits_each_games_frame():
+    assert play.window_size(np.zeros((240, 256, 3), np.uint8)) == (512, 480)  # NES, doubled
+    assert play.window_size(np.zeros((210, 160, 3), np.uint8)) == (480, 630)  # Atari 2600, tripled
+    assert play.window_size(np.zeros((80, 80), np.uint8)) == (512, 480)       # an 80×80 grayscale model

@@ -85,12 +85,12 @@ def test_export_leaves_out_the_posterior_and_plays_the_same(tmp_path):
 
 def test_shipped_checkpoint_is_stochastic_and_plays_at_its_default_temperature(capsys):
     import main
-    world = train.WorldModel.load(os.path.join(os.path.dirname(__file__), "..", "checkpoints", "tetris"))
+    world = train.WorldModel.load(os.path.join(os.path.dirname(__file__), "..", "checkpoints", "tetris_latent"))
     assert world.stochastic and world.default_temperature == 0.5
-    main.main(["--checkpoint", "checkpoints/tetris", "--headless", "--frames", "3"])
+    main.main(["--checkpoint", "checkpoints/tetris_latent", "--headless", "--frames", "3"])
     assert "temperature 0.5" in capsys.readouterr().out
     main.main(["--headless", "--frames", "3"])  # what make play runs, without a display: the tile world
-    assert "temperature 1" in capsys.readouterr().out and main.parse_args([]).checkpoint == "checkpoints/tiles"
+    assert "temperature 1" in capsys.readouterr().out and main.parse_args([]).game == "tetris"
 
 
 def test_scheduled_sampling_zero_is_teacher_forcing():
@@ -119,7 +119,7 @@ def test_vae_checkpoint_plays_deterministically_at_zero_and_varies_at_one(tiny_v
     def play(temperature, seed):
         """-> frames shown and the latents dreamed (a 2-epoch decoder can round small differences away)."""
         torch.manual_seed(seed)
-        env = main.NeuralTetris(world, temperature=temperature)
+        env = main.NeuralGame(world, temperature=temperature)
         env.reset()
         frames, latents = [], []
         for a in actions:
