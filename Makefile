@@ -1,4 +1,4 @@
-# make play: set up, then play the shipped neural Tetris (headless where there is no display)
+# make play: set up, then the game menu (headless Tetris where there is no display)
 # make test: set up, then run the tests
 PYTHON ?= python3
 VENV   := .venv
@@ -98,7 +98,7 @@ play-table: venv
 bench: venv
 	$(PY) collect.py --benchmark
 	$(PY) train.py --benchmark --config configs/tetris.yaml --dataset data/tetris_train
-	$(PY) main.py --benchmark --frames 600
+	$(PY) main.py --benchmark --frames 600 --real --benchmark-out results/player_fps.md
 
 clean:
 	rm -rf $(VENV) .cache runs

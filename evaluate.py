@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from collect import GAMES, bounded
-from train import (CheckpointError, DatasetError, World, context_indices, load_frames, load_lpips, load_world,
-                   pair_indices, past_actions, rollout_from, save_figure)
+from train import (CheckpointError, DatasetError, World, changed_mean, context_indices, load_frames, load_lpips,
+                   load_world, pair_indices, past_actions, rollout_from, save_figure)
 
 BASELINES = ("copy-last-latent", "copy-last-frame", "autoencoder oracle")
 
@@ -53,15 +53,6 @@ def lpips_distance(model, pred: np.ndarray, real: np.ndarray, batch: int = 256) 
         r = torch.from_numpy(real[s:s + batch]).float()[:, None].repeat(1, 3, 1, 1) * 2 - 1
         out.append(model(p, r).flatten())
     return torch.cat(out).numpy()
-
-
-def changed_mean(values: np.ndarray, real: np.ndarray, start: np.ndarray, threshold: float) -> np.ndarray:
-    """(N, H, W) per-pixel values -> (N,) their mean over the pixels where the real frame differs from the
-    start frame by more than threshold (NaN where none changed)."""
-    mask = np.abs(real - start) > threshold
-    n_changed = mask.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n_changed > 0, (values * mask).sum(axis=(1, 2)) / n_changed, np.nan)
 
 
 def frame_metrics(pred: np.ndarray, real: np.ndarray, start: np.ndarray, threshold: float, lpips_model) -> dict:
