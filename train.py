@@ -173,10 +173,25 @@ class DatasetError(Exception):
     """Bad input data; the message names the dataset and where the problem is."""
 
 
+def hub_layout(path: str) -> bool:
+    """A local directory laid out as a hub dataset repository (parquet shards, as push_to_hub writes them:
+    data/train-00000-of-00002.parquet, ...), loaded as the hub id would be."""
+    import glob
+    return os.path.isdir(path) and not os.path.exists(os.path.join(path, "dataset_info.json")) and bool(
+        glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+
+
 def open_dataset(name: str):
-    """A local dataset directory (datasets.save_to_disk) or a hub id -> datasets.Dataset."""
+    """A local dataset directory (datasets.save_to_disk), a hub id, or a local copy of a hub repository (parquet
+    shards: hub_layout) -> datasets.Dataset."""
     import datasets
-    if os.path.exists(name):
+    if hub_layout(name):
+        try:
+            ds = datasets.load_dataset(name, split="train")
+        except Exception as e:  # noqa: BLE001
+            raise DatasetError(f"{name}: parquet shards that do not load as a dataset ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    elif os.path.exists(name):
         try:
             ds = datasets.load_from_disk(name)
         except FileNotFoundError as e:
@@ -544,6 +559,8 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: boo
     else:
         base = torch.utils.data.SequentialSampler(dataset)
     sampler = torch.utils.data.BatchSampler(base, batch_size, drop_last=False)
+    if shuffle and DIST.world > 1:  # training under torchrun: this process's share of each global batch
+        sampler = ShardedBatches(sampler, DIST)
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
 
 
@@ -591,6 +608,8 @@ def spot_check(cache: FrameCache, rows: np.ndarray, path: str, seed: int = 0, n:
 
 
 def atomic_json(path: str, obj):
+    if not DIST.main:  # torchrun: rank 0 writes
+        return
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
@@ -1612,6 +1631,8 @@ def save_checkpoint(path: str, kind: str, cfg: Config, model: nn.Module, half: b
     """One file of plain types (loads with weights_only=True): format, kind, config, state_dict, extras.
     Written to a temporary file, then renamed into place. half=True is the export for play: fp16, and
     without the weights only training uses (the VAE's posterior), listed under "dropped"."""
+    if not DIST.main:  # torchrun: rank 0 writes
+        return
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     dropped = list(getattr(model, "training_only", ())) if half else []
     if half:
@@ -1767,6 +1788,106 @@ def rollout_from(world, state, future_actions, temperature: float = 0.0):
     return torch.stack(out, dim=1)
 
 
+# ----------------------------------------------------------------------------- more than one process (torchrun)
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (WORLD_SIZE processes; one process: rank 0 of 1, and nothing changes).
+
+    Every process draws the same seeded global batches as one process would and trains on its share of each
+    (shard: every world-th sample from its rank); DistributedDataParallel averages the gradients, so N processes take
+    the steps one process takes with the same global batch (tests/test_distributed.py). Rank 0 alone writes
+    checkpoints, run states, logs and plots, and prints."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch):
+        """This process's share of a global batch (an index array or list)."""
+        return batch[self.rank::self.world] if self.world > 1 else batch
+
+    def wrap(self, objective: nn.Module) -> nn.Module:
+        """DistributedDataParallel around a training objective (Objective) when there is more than one process."""
+        if self.world == 1:
+            return objective
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(objective, find_unused_parameters=True)
+
+    def mean(self, value: float) -> float:
+        """The mean of a number over the processes (an epoch's training loss, for the log)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t) / self.world
+
+    def max(self, value: float) -> float:
+        """The largest of a number over the processes (the peak memory of any)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t)
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+DIST = Distributed()
+
+
+def peak_memory_gb() -> float:
+    """This process's peak resident memory (Linux: ru_maxrss in KB; macOS: in bytes)."""
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 30) if sys.platform == "darwin" else peak / (1 << 20)
+
+
+def init_distributed(device: str = "cpu") -> Distributed:
+    """Under torchrun (WORLD_SIZE > 1 in the environment) join the process group, gloo on the CPU and NCCL on CUDA,
+    and quiet the other ranks' output; else one process, as before."""
+    global DIST
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        DIST = Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size())
+        if not DIST.main:
+            sys.stdout = open(os.devnull, "w")  # rank 0 prints; errors still reach stderr
+            os.environ["TQDM_DISABLE"] = "1"
+    return DIST
+
+
+class Objective(nn.Module):
+    """A model and its loss as one module: DistributedDataParallel must see the whole training step as a forward, and
+    the losses call the models' own methods (encode, loss, ...), not their forward."""
+
+    def __init__(self, model: nn.Module, loss):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, *args):
+        return self.loss(self.model, *args)
+
+
+class ShardedBatches(torch.utils.data.Sampler):
+    """A batch sampler's global batches, each cut to this process's share (Distributed.shard); a last batch smaller
+    than the number of processes is skipped by all of them alike."""
+
+    def __init__(self, batches: torch.utils.data.Sampler, dist: Distributed):
+        self.batches, self.dist = batches, dist
+
+    def __iter__(self):
+        for batch in self.batches:
+            if len(batch) >= self.dist.world:
+                yield self.dist.shard(batch)
+
+    def __len__(self):
+        return len(self.batches)
+
+
 # ----------------------------------------------------------------------------- training
 class RunLog:
     """Appends one JSON line per epoch and keeps the curves for plotting."""
@@ -1777,15 +1898,18 @@ class RunLog:
         if resume and os.path.exists(path):
             with open(path) as f:
                 self.rows = [json.loads(line) for line in f if line.strip()]
-        elif os.path.exists(path):
+        elif os.path.exists(path) and DIST.main:
             os.remove(path)  # a fresh run starts a fresh log
 
     def add(self, **row):
         self.rows.append(row)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if DIST.main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def plot(self, path: str, title: str):
+        if not DIST.main:
+            return
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -1873,6 +1997,7 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
           + (f"; perceptual loss {cfg.perceptual} x {cfg.perceptual_weight}" if perceptual else "")
           + (f"; latent noise {cfg.latent_noise}" if cfg.latent_noise else ""))
     val_loader = make_loader(PairDataset(cache, val_rows[:: max(1, len(val_rows) // 4000)]), 256, shuffle=False)
+    step = DIST.wrap(Objective(model, lambda m, f, nf: autoencoder_loss(m, f, nf, static, cfg, perceptual)[0]))
     for epoch in range(start_epoch, cfg.ae_epochs):
         model.train()
         loader = make_loader(PairDataset(cache, train_rows), cfg.batch_size, True, cfg.seed + epoch,
@@ -1880,22 +2005,24 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
         total, count, t0 = 0.0, 0, time.time()
         bar = tqdm(loader, disable=None, desc=f"autoencoder epoch {epoch + 1}/{cfg.ae_epochs}", unit="batch", leave=False)
         for frames, _, next_frames in bar:
-            loss, _ = autoencoder_loss(model, frames, next_frames, static, cfg, perceptual)
+            loss = step(frames, next_frames)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total, count = total + loss.item() * len(frames), count + len(frames)
             bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{count / (time.time() - t0):.0f}")
         sched.step()
+        total, count = DIST.mean(total), DIST.mean(count)
         val = evaluate_autoencoder(model, val_loader, static, cfg.change_weight)
         log.add(epoch=epoch + 1, train_loss=total / count, val_loss=val["loss"], val_l1=val["l1"],
                 val_changed_l1=val["changed_l1"], images_per_s=count / (time.time() - t0))
         print(f"autoencoder epoch {epoch + 1}/{cfg.ae_epochs}: train {total / count:.5f}  val {val['loss']:.5f}  "
               f"val L1 {val['l1']:.5f}  val L1 on content pixels {val['changed_l1']:.4f}  "
               f"({count / (time.time() - t0):.0f} img/s)")
-        torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "epoch": epoch + 1}, state_path + ".tmp")
-        os.replace(state_path + ".tmp", state_path)
+        if DIST.main:
+            torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "epoch": epoch + 1}, state_path + ".tmp")
+            os.replace(state_path + ".tmp", state_path)
         log.plot(os.path.join(out, "autoencoder_loss.png"), f"autoencoder ({cfg.name}): weighted L1")
     model.eval()
     extra = {"hash": state_hash(model.state_dict()), "static_frame": (static[0, 0] * 255).round().byte(),
@@ -2046,6 +2173,8 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
           f"unroll {cfg.unroll}; {len(train_rows)} training / {len(val_rows)} validation pairs")
     rng = np.random.default_rng(cfg.seed)
     val_rows_eval = val_rows[:: max(1, len(val_rows) // 4000)]
+    step = DIST.wrap(Objective(model, lambda m, *b: dynamics_loss(m, *b[:-1], context_noise=cfg.context_noise,
+                                                                  self_feed=b[-1])))
     for epoch in range(start_epoch, cfg.dyn_epochs):
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -2057,9 +2186,11 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         bar = tqdm(range(0, len(order), cfg.batch_size), disable=None, desc=f"dynamics epoch {epoch + 1}/{cfg.dyn_epochs}",
                    unit="batch", leave=False)
         for s in bar:
-            rows = order[s:s + cfg.batch_size]
+            rows = DIST.shard(order[s:s + cfg.batch_size])
+            if len(rows) == 0:
+                continue
             batch = dynamics_batch(latents, cache, rows, cfg.history, cfg.unroll, episode_start)
-            loss = dynamics_loss(model, *batch, context_noise=cfg.context_noise, self_feed=self_feed)
+            loss = step(*batch, self_feed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -2069,6 +2200,8 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
                 aux_total[k] = aux_total.get(k, 0.0) + v * len(rows)
             bar.set_postfix(loss=f"{total / count:.5f}")
         sched.step()
+        total, count = DIST.mean(total), DIST.mean(count)
+        aux_total = {k: DIST.mean(v) for k, v in aux_total.items()}
         model.eval()
         with torch.no_grad():
             val = [dynamics_loss(model, *dynamics_batch(latents, cache, val_rows_eval[s:s + 1024], cfg.history,
@@ -2084,10 +2217,11 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
                 **extra_log)
         print(f"dynamics epoch {epoch + 1}/{cfg.dyn_epochs}: train {total / count:.5f}  val {val_loss:.5f}  "
               + "".join(f"{k} {v:.4g}  " for k, v in extra_log.items()) + f"({count / (time.time() - t0):.0f} pairs/s)")
-        torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "epoch": epoch + 1, "autoencoder_hash": ae_extra["hash"], "best_val": best[0],
-                    "best_epoch": best[1], "best_model": best[2]}, state_path + ".tmp")
-        os.replace(state_path + ".tmp", state_path)
+        if DIST.main:
+            torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "epoch": epoch + 1, "autoencoder_hash": ae_extra["hash"], "best_val": best[0],
+                        "best_epoch": best[1], "best_model": best[2]}, state_path + ".tmp")
+            os.replace(state_path + ".tmp", state_path)
         log.plot(os.path.join(out, "dynamics_loss.png"), f"dynamics ({cfg.name}): normalised latent MSE")
     if best[2] is not None:
         model.load_state_dict(best[2])
@@ -2153,10 +2287,10 @@ def tile_batch(tokens, cache: TileCache, rows: np.ndarray, history: int, episode
     """Rows t (whose t+1 is in the same episode) -> TileDynamics.loss's batch: codes (B, K, 30, 32), state (B, S),
     actions taken at the K frames (B, K, 8), next codes (B, 30, 32), next state (B, S)."""
     ctx = context_indices(rows, history, episode_start)
-    return {"tokens": tokens[torch.from_numpy(ctx).long()],
+    return {"tokens": tokens[torch.from_numpy(ctx).long()].long(),
             "state": torch.from_numpy(ram_state(cache.ram[rows], addresses)).long(),
             "actions": torch.from_numpy(acted(cache.actions, ctx, rows)).float(),
-            "next_tokens": tokens[torch.from_numpy(rows + 1).long()],
+            "next_tokens": tokens[torch.from_numpy(rows + 1).long()].long(),
             "next_state": torch.from_numpy(ram_state(cache.ram[rows + 1], addresses)).long()}
 
 
@@ -2212,8 +2346,8 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
     """Tile dynamics on the training episodes: the state bytes chosen by choose_state_bytes, steps drawn with
     rare_weights (cfg.rare_power), cfg.unroll self-fed steps per sample."""
     from tqdm import tqdm
-    with torch.no_grad():
-        tokens = autoencoder.encode_tiles(cache.table)[torch.from_numpy(cache.tile_ids).long()]  # (N, 30, 32)
+    with torch.no_grad():  # (N, 30, 32) codes as int16 (at most 4,096): 100k native frames hold 192 MB, not 768
+        tokens = autoencoder.encode_tiles(cache.table).short()[torch.from_numpy(cache.tile_ids).long()]
     train_rows, val_rows = split_rows(cache, cfg, horizon=cfg.unroll)
     ep_start = cache.episode_start
     one_step = np.flatnonzero(np.r_[cache.episodes[1:] == cache.episodes[:-1], False])
@@ -2241,6 +2375,18 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
     per_epoch = cfg.dyn_samples_per_epoch or len(train_rows)
     val = np.random.default_rng(cfg.seed).choice(val_rows, min(len(val_rows), 1000), replace=False)
     batch_of = lambda rows: tile_batch(tokens, cache, rows, cfg.history, ep_start, addresses)
+
+    def unrolled(m: TileDynamics, rows: np.ndarray):
+        batch, loss = batch_of(rows), 0.0
+        for k in range(cfg.unroll):  # later steps see the codes and state the model itself predicted
+            if k:
+                batch = batch_of(rows + k) | {"tokens": torch.cat([batch["tokens"][:, 1:], res[2][:, None]], dim=1),
+                                              "state": res[3]}
+            res = m.loss(batch, change_weight=cfg.dyn_change_weight, feed=k + 1 < cfg.unroll)
+            loss = loss + res[0] / cfg.unroll
+        return loss, res[1]
+
+    step = DIST.wrap(Objective(model, unrolled))
     for epoch in range(start, cfg.dyn_epochs):
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -2249,16 +2395,10 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
         bar = tqdm(range(0, per_epoch, cfg.batch_size), desc=f"tile dynamics epoch {epoch + 1}/{cfg.dyn_epochs}",
                    mininterval=10, leave=False)
         for s in bar:
-            rows = order[s:s + cfg.batch_size]
-            batch, loss = batch_of(rows), 0.0
-            for k in range(cfg.unroll):  # later steps see the codes and state the model itself predicted
-                if k:
-                    nxt = batch_of(rows + k)
-                    batch = nxt | {"tokens": torch.cat([batch["tokens"][:, 1:], res[2][:, None]], dim=1),
-                                   "state": res[3]}
-                res = model.loss(batch, change_weight=cfg.dyn_change_weight, feed=k + 1 < cfg.unroll)
-                loss = loss + res[0] / cfg.unroll
-                logs = res[1]
+            rows = DIST.shard(order[s:s + cfg.batch_size])
+            if len(rows) == 0:
+                continue
+            loss, logs = step(rows)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -2269,6 +2409,7 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
             bar.set_postfix(changed_acc=f"{sums['changed_tile_acc'] / n:.3f}",
                             byte_acc=f"{sums['changed_byte_acc'] / n:.3f}", refresh=False)
         sched.step()
+        sums, n = {k: DIST.mean(v) for k, v in sums.items()}, DIST.mean(n)
         model.eval()
         vsums, vn = {}, 0
         with torch.no_grad():
@@ -2312,6 +2453,8 @@ def end_tile_epoch(label: str, row: dict, log: "RunLog", state_path: str, model:
     """Log and print an epoch's row, then write the state to resume from (atomically)."""
     log.add(**row)
     print(f"{label} epoch {row['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+    if not DIST.main:  # torchrun: rank 0 writes
+        return
     tmp = state_path + f".tmp-{os.getpid()}"
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": row["epoch"],
                 "config": dataclasses.asdict(cfg)}, tmp)
@@ -2407,6 +2550,7 @@ def benchmark(cfg: Config, seconds: float = 10.0) -> dict:
 
 def main(argv=None):
     cfg, ns = parse_args(argv)
+    init_distributed()  # torchrun: join the job (one process: nothing changes)
     seed_everything(cfg.seed)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))  # 1: two runs side by side
     # numbers below 1e-38 count as zero: the state head's fit ran 8x slower (1.24 s a batch, not 0.15 s) once its
@@ -2440,7 +2584,7 @@ def main(argv=None):
           + (f", {len(cache.table)} distinct 8×8 tiles" if tiles else "") + f" (cache {cache.fingerprint})")
     if ns.spot_check is None:
         ns.spot_check = os.path.join(out, "spot_check_pairs.png")
-    if ns.spot_check and not tiles:
+    if ns.spot_check and not tiles and DIST.main:
         spot_check(cache, pair_indices(cache.episodes), ns.spot_check, cfg.seed)
     timings = {}
     t = time.time()
@@ -2457,13 +2601,21 @@ def main(argv=None):
             save_checkpoint(os.path.join(cfg.export, "dynamics.pt"), "dynamics", cfg, dynamics, half=True,
                             **dyn_extra)
             print(f"exported fp16 checkpoints to {cfg.export}/")
-    run, path = timings | {"command": " ".join(sys.argv[1:] if argv is None else argv)}, os.path.join(out, "timings.json")
+    peak = DIST.max(peak_memory_gb())  # (every process takes part: the collective needs all of them)
+    run = timings | {"command": " ".join(sys.argv[1:] if argv is None else argv), "processes": DIST.world,
+                     "peak_memory_gb_per_process": round(peak, 3)}
+    path = os.path.join(out, "timings.json")
     if os.path.exists(path):  # the run had finished before: keep its first figures, and add this rerun's
         with open(path) as f:
             first = json.load(f)
         run = first | {"reruns": first.get("reruns", []) + [run]}
     atomic_json(path, run)
-    print(f"done: {out}/  " + "  ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print(f"done: {out}/  " + "  ".join(f"{k} {v:.0f}" for k, v in timings.items())
+          + (f"  ({DIST.world} processes)" if DIST.world > 1 else "")
+          + f"  peak resident memory {peak:.2f} GB" + (" (the largest process)" if DIST.world > 1 else ""))
+    if DIST.world > 1:
+        DIST.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
