@@ -11,6 +11,7 @@ with --export. main.py and evaluate.py import everything they need from here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -45,6 +46,8 @@ class Config:
     val_frac: float = 0.2              # fraction of episodes held out for validation
     batch_size: int = 128
     cache_dir: str = ".cache"          # decoded uint8 frames, keyed by dataset fingerprint and preprocessing
+    device: str = "cpu"                # cpu | cuda (under torchrun: each process its own GPU, by LOCAL_RANK)
+    amp: str = "auto"                  # auto: bf16 autocast on CUDA, none on the CPU | bf16 | off
     # autoencoder
     ae_arch: str = "seed"              # seed: 3 stride-2 convs to a flat latent | spatial: a 20×20×C latent map
     latent_dim: int = 32               # seed arch: size of the flat latent
@@ -561,7 +564,8 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: boo
     sampler = torch.utils.data.BatchSampler(base, batch_size, drop_last=False)
     if shuffle and DIST.world > 1:  # training under torchrun: this process's share of each global batch
         sampler = ShardedBatches(sampler, DIST)
-    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None,
+                                       pin_memory=DIST.device.startswith("cuda"))
 
 
 def require_pairs(episodes: np.ndarray, name: str, horizon: int = 1) -> np.ndarray:
@@ -1188,7 +1192,7 @@ class TileDynamics(nn.Module):
         flat = torch.addmm(self.out.bias, feats.reshape(-1, feats.shape[-1]), self.out.weight.t())
         flat = flat.view(*feats.shape[:2], -1)
         return flat.scatter_add_(2, tokens[:, -1].flatten(1)[:, :, None],
-                                 self.copy_bonus.expand(len(h), self.grid[0] * self.grid[1], 1))
+                                 self.copy_bonus.expand(len(h), self.grid[0] * self.grid[1], 1).to(flat.dtype))
 
     def loss(self, batch: dict, change_weight: float = 0.0, unchanged: int = 32, feed: bool = False):
         """batch: tokens (B, K, 30, 32), state (B, S), actions (B, K, 8), next_tokens (B, 30, 32), next_state (B, S)
@@ -1208,7 +1212,7 @@ class TileDynamics(nn.Module):
         pick = changed | (torch.rand(b, n_tiles, device=last.device).argsort(1).argsort(1) < unchanged)
         bi, ti = pick.nonzero(as_tuple=True)
         logits = self.out(feats[bi, ti])
-        logits = logits.scatter_add(1, last[bi, ti, None], self.copy_bonus.expand(len(bi), 1))
+        logits = logits.scatter_add(1, last[bi, ti, None], self.copy_bonus.expand(len(bi), 1).to(logits.dtype))
         ce = F.cross_entropy(logits, target[bi, ti], reduction="none")
         n_unchanged = (~changed).sum(1, keepdim=True).float()
         w = torch.where(changed, 1 + change_weight,
@@ -1799,10 +1803,28 @@ class Distributed:
     checkpoints, run states, logs and plots, and prints."""
     rank: int = 0
     world: int = 1
+    device: str = "cpu"      # where training runs: cpu, or this process's GPU
+    amp: str = "off"         # bf16: the forward passes and losses under torch.autocast in bfloat16
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def to(self, x):
+        """A tensor, or a tuple, list or dict of them, on the training device (non-blocking from pinned memory)."""
+        if isinstance(x, torch.Tensor):
+            return x.to(self.device, non_blocking=True)
+        if isinstance(x, dict):
+            return {k: self.to(v) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            return type(x)(self.to(v) for v in x)
+        return x
+
+    def autocast(self):
+        """bf16 autocast where amp asks for it (the losses' reductions stay in float32, as autocast keeps them)."""
+        if self.amp != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
 
     def shard(self, batch):
         """This process's share of a global batch (an index array or list)."""
@@ -1813,7 +1835,8 @@ class Distributed:
         if self.world == 1:
             return objective
         from torch.nn.parallel import DistributedDataParallel
-        return DistributedDataParallel(objective, find_unused_parameters=True)
+        gpu = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+        return DistributedDataParallel(objective, device_ids=gpu, find_unused_parameters=True)
 
     def mean(self, value: float) -> float:
         """The mean of a number over the processes (an epoch's training loss, for the log)."""
@@ -1846,17 +1869,31 @@ def peak_memory_gb() -> float:
     return peak / (1 << 30) if sys.platform == "darwin" else peak / (1 << 20)
 
 
-def init_distributed(device: str = "cpu") -> Distributed:
-    """Under torchrun (WORLD_SIZE > 1 in the environment) join the process group, gloo on the CPU and NCCL on CUDA,
-    and quiet the other ranks' output; else one process, as before."""
+def init_distributed(device: str = "cpu", amp: str = "auto") -> Distributed:
+    """The training device (--device; under torchrun each process takes the GPU of its LOCAL_RANK) and autocast
+    (--amp auto: bf16 on CUDA, none on the CPU). Under torchrun (WORLD_SIZE > 1 in the environment) join the process
+    group, gloo on the CPU and NCCL on CUDA, and quiet the other ranks' output; else one process, as before."""
     global DIST
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {device}: this torch sees no CUDA GPU (torch {torch.__version__}); "
+                         f"use --device cpu")
+    if amp not in ("auto", "bf16", "off"):
+        raise SystemExit(f"error: --amp {amp}: use auto, bf16 or off")
+    amp = ("bf16" if cuda else "off") if amp == "auto" else amp
+    if world > 1 and cuda and ":" not in device:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if cuda:
+        torch.cuda.set_device(torch.device(device))
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        DIST = Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size())
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        DIST = Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size(), device, amp)
         if not DIST.main:
             sys.stdout = open(os.devnull, "w")  # rank 0 prints; errors still reach stderr
             os.environ["TQDM_DISABLE"] = "1"
+    else:
+        DIST = dataclasses.replace(DIST, device=device, amp=amp)
     return DIST
 
 
@@ -1966,7 +2003,7 @@ DYN_KEYS = AE_KEYS + ["dynamics", "history", "hidden", "dyn_lr", "unroll", "cont
 def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Module, dict]:
     from tqdm import tqdm
     train_rows, val_rows = split_rows(cache, cfg)
-    model = build_autoencoder(cfg)
+    model = build_autoencoder(cfg).to(DIST.device)  # before the optimiser: a resumed one's state follows its weights
     perceptual = PerceptualLoss(cfg.perceptual) if cfg.perceptual else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.ae_lr)
     static = torch.from_numpy(np.median(cache.frames[train_rows[:: max(1, len(train_rows) // 2000)]], axis=0))
@@ -1997,6 +2034,9 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
           + (f"; perceptual loss {cfg.perceptual} x {cfg.perceptual_weight}" if perceptual else "")
           + (f"; latent noise {cfg.latent_noise}" if cfg.latent_noise else ""))
     val_loader = make_loader(PairDataset(cache, val_rows[:: max(1, len(val_rows) // 4000)]), 256, shuffle=False)
+    static = DIST.to(static)
+    if perceptual is not None:
+        perceptual.to(DIST.device)
     step = DIST.wrap(Objective(model, lambda m, f, nf: autoencoder_loss(m, f, nf, static, cfg, perceptual)[0]))
     for epoch in range(start_epoch, cfg.ae_epochs):
         model.train()
@@ -2005,7 +2045,9 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
         total, count, t0 = 0.0, 0, time.time()
         bar = tqdm(loader, disable=None, desc=f"autoencoder epoch {epoch + 1}/{cfg.ae_epochs}", unit="batch", leave=False)
         for frames, _, next_frames in bar:
-            loss = step(frames, next_frames)
+            frames, next_frames = DIST.to(frames), DIST.to(next_frames)
+            with DIST.autocast():
+                loss = step(frames, next_frames)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -2025,6 +2067,8 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
             os.replace(state_path + ".tmp", state_path)
         log.plot(os.path.join(out, "autoencoder_loss.png"), f"autoencoder ({cfg.name}): weighted L1")
     model.eval()
+    model.cpu()  # what follows (encoding every frame, the checkpoint) runs on the CPU
+    static = static.cpu()
     extra = {"hash": state_hash(model.state_dict()), "static_frame": (static[0, 0] * 255).round().byte(),
              "val_l1": log.rows[-1]["val_l1"] if log.rows else None}
     save_checkpoint(os.path.join(out, "autoencoder.pt"), "autoencoder", cfg, model, **extra)
@@ -2036,7 +2080,9 @@ def evaluate_autoencoder(model, loader, static, change_weight) -> dict:
     model.eval()
     total = l1 = changed = changed_n = n = 0.0
     for frames, _, next_frames in loader:
-        recon = model(frames)
+        frames, next_frames = DIST.to(frames), DIST.to(next_frames)
+        with DIST.autocast():
+            recon = model(frames).float()
         total += reconstruction_loss(recon, frames, next_frames, static, change_weight).item() * len(frames)
         err = (recon - frames).abs()
         l1 += err.mean().item() * len(frames)
@@ -2133,7 +2179,7 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
     train_rows, val_rows = split_rows(cache, cfg, horizon=cfg.unroll)
     latents = encode_all(autoencoder.eval(), cache)
     latent_dim = latents.shape[1]
-    model = build_dynamics(cfg, latent_dim)
+    model = build_dynamics(cfg, latent_dim).to(DIST.device)  # before the optimiser, as for the autoencoder
     train_ctx = np.unique(context_indices(train_rows, cfg.history, cache.episode_start))
     model.set_latent_stats(latents[torch.from_numpy(train_ctx)])
     if cfg.init_dynamics:
@@ -2189,8 +2235,9 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
             rows = DIST.shard(order[s:s + cfg.batch_size])
             if len(rows) == 0:
                 continue
-            batch = dynamics_batch(latents, cache, rows, cfg.history, cfg.unroll, episode_start)
-            loss = step(*batch, self_feed)
+            batch = DIST.to(dynamics_batch(latents, cache, rows, cfg.history, cfg.unroll, episode_start))
+            with DIST.autocast():
+                loss = step(*batch, self_feed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -2204,12 +2251,12 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
         aux_total = {k: DIST.mean(v) for k, v in aux_total.items()}
         model.eval()
         with torch.no_grad():
-            val = [dynamics_loss(model, *dynamics_batch(latents, cache, val_rows_eval[s:s + 1024], cfg.history,
-                                                        cfg.unroll, episode_start)).item()
+            val = [dynamics_loss(model, *DIST.to(dynamics_batch(latents, cache, val_rows_eval[s:s + 1024],
+                                                                cfg.history, cfg.unroll, episode_start))).item()
                    * len(val_rows_eval[s:s + 1024]) for s in range(0, len(val_rows_eval), 1024)]
         val_loss = sum(val) / max(1, len(val_rows_eval))
         if val_loss < best[0]:
-            best = (val_loss, epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
+            best = (val_loss, epoch + 1, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         extra_log = {k: v / count for k, v in aux_total.items()}
         if cfg.sched_sampling > 0:
             extra_log["self_feed"] = self_feed
@@ -2223,6 +2270,7 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
                         "best_epoch": best[1], "best_model": best[2]}, state_path + ".tmp")
             os.replace(state_path + ".tmp", state_path)
         log.plot(os.path.join(out, "dynamics_loss.png"), f"dynamics ({cfg.name}): normalised latent MSE")
+    model.cpu()  # the checkpoint and what evaluates it run on the CPU
     if best[2] is not None:
         model.load_state_dict(best[2])
         print(f"dynamics: keeping epoch {best[1]}, the best validation loss ({best[0]:.5f})")
@@ -2354,7 +2402,7 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
     one_step = one_step[np.isin(cache.episodes[one_step], np.unique(cache.episodes[train_rows]))]
     addresses = choose_state_bytes(cache.ram, one_step, cfg.state_min_change)
     print(f"state: {len(addresses)} RAM bytes change on at least {cfg.state_min_change:.1%} of the training steps")
-    model = TileDynamics.from_config(cfg, addresses=addresses)
+    model = TileDynamics.from_config(cfg, addresses=addresses).to(DIST.device)  # before the optimiser
     if cfg.init_dynamics:
         init, init_ckpt = load_model(cfg.init_dynamics, "dynamics")
         if init_ckpt.get("autoencoder_hash") != ae_extra["hash"] or not isinstance(init, TileDynamics) \
@@ -2377,11 +2425,11 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
     batch_of = lambda rows: tile_batch(tokens, cache, rows, cfg.history, ep_start, addresses)
 
     def unrolled(m: TileDynamics, rows: np.ndarray):
-        batch, loss = batch_of(rows), 0.0
+        batch, loss = DIST.to(batch_of(rows)), 0.0
         for k in range(cfg.unroll):  # later steps see the codes and state the model itself predicted
             if k:
-                batch = batch_of(rows + k) | {"tokens": torch.cat([batch["tokens"][:, 1:], res[2][:, None]], dim=1),
-                                              "state": res[3]}
+                batch = DIST.to(batch_of(rows + k)) | {"tokens": torch.cat([batch["tokens"][:, 1:], res[2][:, None]],
+                                                                           dim=1), "state": res[3]}
             res = m.loss(batch, change_weight=cfg.dyn_change_weight, feed=k + 1 < cfg.unroll)
             loss = loss + res[0] / cfg.unroll
         return loss, res[1]
@@ -2398,7 +2446,8 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
             rows = DIST.shard(order[s:s + cfg.batch_size])
             if len(rows) == 0:
                 continue
-            loss, logs = step(rows)
+            with DIST.autocast():
+                loss, logs = step(rows)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -2414,7 +2463,8 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
         vsums, vn = {}, 0
         with torch.no_grad():
             for s in range(0, len(val), 100):
-                vloss, vlogs = model.loss(batch_of(val[s:s + 100]), change_weight=cfg.dyn_change_weight)
+                with DIST.autocast():
+                    vloss, vlogs = model.loss(DIST.to(batch_of(val[s:s + 100])), change_weight=cfg.dyn_change_weight)
                 vn += 1
                 for k, v in (vlogs | {"loss": float(vloss)}).items():
                     vsums[k] = vsums.get(k, 0.0) + v
@@ -2422,6 +2472,7 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
                "val_loss": vsums["loss"] / vn} | {f"val_{k}": v / vn for k, v in vsums.items() if k != "loss"}
         end_tile_epoch("tile dynamics", row, log, state_path, model, opt, cfg)
     model.eval()
+    model.cpu()  # the value vocabulary, the state head's report and the checkpoint run on the CPU
     model.fit_value_support(ram_state(cache.ram[np.union1d(train_rows, train_rows + 1)], addresses))
     print(f"value vocabulary: {int(model.value_support.sum())} (byte, value) pairs of {model.value_support.numel()} "
           f"seen in training (a median of {int(model.value_support.sum(1).median())} values a byte)")
@@ -2550,7 +2601,7 @@ def benchmark(cfg: Config, seconds: float = 10.0) -> dict:
 
 def main(argv=None):
     cfg, ns = parse_args(argv)
-    init_distributed()  # torchrun: join the job (one process: nothing changes)
+    init_distributed(cfg.device, cfg.amp)  # torchrun: join the job (one process: nothing changes)
     seed_everything(cfg.seed)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))  # 1: two runs side by side
     # numbers below 1e-38 count as zero: the state head's fit ran 8x slower (1.24 s a batch, not 0.15 s) once its
@@ -2564,8 +2615,14 @@ def main(argv=None):
     train_ae, train_dyn = (train_tile_autoencoder, train_tile_dynamics) if tiles else (train_autoencoder,
                                                                                       train_dynamics)
     try:
-        cache = load_tiles(cfg.dataset, cfg.cache_dir) if tiles else load_frames(cfg.dataset, cfg.image_size,
-                                                                                 cfg.cache_dir)
+        if not DIST.main:
+            DIST.barrier()  # torchrun: rank 0 decodes the dataset into the cache once; the others then read it
+        try:
+            cache = load_tiles(cfg.dataset, cfg.cache_dir) if tiles else load_frames(cfg.dataset, cfg.image_size,
+                                                                                     cfg.cache_dir)
+        finally:
+            if DIST.main:
+                DIST.barrier()
         split_rows(cache, cfg, horizon=cfg.unroll)  # fail on unusable data before writing anything
         if tiles:
             cfg.frame_size = tuple(cache.frame_hw)  # the tile grid follows the game's native frame

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 import train
@@ -71,3 +72,30 @@ def test_a_hub_layout_dataset_loads_as_the_hub_id_would(tiny_dataset, tmp_path):
     a = train.load_tiles(str(repo), cache_dir=str(tmp_path / "cache"))
     b = train.load_tiles(tiny_dataset, cache_dir=str(tmp_path / "cache"))
     assert np.array_equal(a.frames(np.arange(len(a.episodes))), b.frames(np.arange(len(b.episodes))))
+
+
+TINY_TILES = ["--ae-arch", "tiles", "--dynamics", "tiles", "--tile-codes", "1024", "--hidden", "16", "--conv-blocks",
+              "2", "--state-width", "16", "--history", "2", "--dyn-samples-per-epoch", "64", "--batch-size", "32",
+              "--unroll", "2", "--epochs", "1", "--spot-check", ""]
+
+
+def test_bf16_autocast_trains_the_tile_world(tiny_dataset, tmp_path, monkeypatch):
+    """--amp bf16 (the GPU path's autocast, here on the CPU): the step runs in bfloat16, the weights stay float32."""
+    monkeypatch.setattr(train, "DIST", train.DIST)  # train.main sets it: the other tests get the default back
+    out = str(tmp_path / "bf16")
+    train.main(["--dataset", tiny_dataset, "--out", out, "--cache-dir", str(tmp_path / "cache"), "--amp", "bf16"]
+               + TINY_TILES)
+    row = json.loads(open(os.path.join(out, "dynamics_log.jsonl")).readline())
+    assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"]) and row["val_loss"] < 20
+    model, _ = train.load_model(os.path.join(out, "dynamics.pt"), "dynamics")
+    assert all(p.dtype == torch.float32 for p in model.parameters()) and train.DIST.amp == "bf16"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_and_a_bad_amp_are_one_line_errors(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "DIST", train.DIST)
+    for flags, words in ((["--device", "cuda"], "no CUDA GPU"), (["--amp", "fp8"], "auto, bf16 or off")):
+        with pytest.raises(SystemExit) as e:
+            train.main(["--dataset", tiny_dataset, "--out", str(tmp_path / "x")] + flags)
+        assert words in str(e.value) and "\n" not in str(e.value)
+    assert not os.path.exists(tmp_path / "x")
