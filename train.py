@@ -1010,8 +1010,8 @@ def choose_state_bytes(ram: np.ndarray, rows: np.ndarray, min_change: float = 0.
     of the training steps `rows` (each row's next row in the same episode). Constant bytes carry nothing; bytes that
     change more rarely are left to what the screen shows (a level number, a game mode)."""
     changes = np.zeros(ram.shape[1], dtype=np.int64)
-    for s in range(0, len(rows), 65536):
-        r = rows[s:s + 65536]
+    for s in range(0, len(rows), 8192):  # 8,192 rows of 2 KB at a time: 100k native frames' RAM is 200 MB already
+        r = rows[s:s + 8192]
         changes += (ram[r + 1] != ram[r]).sum(0)
     return np.flatnonzero(changes >= max(1, min_change * len(rows)))
 
@@ -2394,8 +2394,9 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
     """Tile dynamics on the training episodes: the state bytes chosen by choose_state_bytes, steps drawn with
     rare_weights (cfg.rare_power), cfg.unroll self-fed steps per sample."""
     from tqdm import tqdm
-    with torch.no_grad():  # (N, 30, 32) codes as int16 (at most 4,096): 100k native frames hold 192 MB, not 768
-        tokens = autoencoder.encode_tiles(cache.table).short()[torch.from_numpy(cache.tile_ids).long()]
+    with torch.no_grad():  # (N, 30, 32) codes as int16 (at most 4,096), indexed in numpy by the int32 tile ids:
+        # 100k native frames hold 192 MB of codes, where int64 codes and an int64 copy of the ids took 1.5 GB
+        tokens = torch.from_numpy(autoencoder.encode_tiles(cache.table).short().numpy()[cache.tile_ids])
     train_rows, val_rows = split_rows(cache, cfg, horizon=cfg.unroll)
     ep_start = cache.episode_start
     one_step = np.flatnonzero(np.r_[cache.episodes[1:] == cache.episodes[:-1], False])
@@ -2410,8 +2411,8 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: not tile dynamics trained on this run's "
                              f"tile autoencoder and state bytes")
         model.load_state_dict(init.state_dict())
-    weights = rare_weights(ram_state(cache.ram[train_rows], addresses), ram_state(cache.ram[train_rows + 1], addresses),
-                           cfg.rare_power, cfg.rare_max_weight)
+    states = ram_state(cache.ram, addresses)  # (N, S): the state bytes of every row, not copies of the whole RAM
+    weights = rare_weights(states[train_rows], states[train_rows + 1], cfg.rare_power, cfg.rare_max_weight)
     p = weights / weights.sum()
     top = np.argsort(-weights, kind="stable")[:max(1, len(weights) // 20)]
     print(f"rare steps: weights {weights.min():.1f}-{weights.max():.1f} (power {cfg.rare_power}, median "
@@ -2473,7 +2474,7 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
         end_tile_epoch("tile dynamics", row, log, state_path, model, opt, cfg)
     model.eval()
     model.cpu()  # the value vocabulary, the state head's report and the checkpoint run on the CPU
-    model.fit_value_support(ram_state(cache.ram[np.union1d(train_rows, train_rows + 1)], addresses))
+    model.fit_value_support(states[np.union1d(train_rows, train_rows + 1)])
     print(f"value vocabulary: {int(model.value_support.sum())} (byte, value) pairs of {model.value_support.numel()} "
           f"seen in training (a median of {int(model.value_support.sum(1).median())} values a byte)")
     bytes_right = state_accuracy(model, tokens, cache, val, cfg.history)
