@@ -585,6 +585,11 @@ def parse_args(argv=None):
     p.add_argument("--play-seconds", type=bounded(float, 0, lo_open=True), default=60.0, help="--play: seconds per row")
     p.add_argument("--play-args", action="append", default=None,
                    help="--play: more main.py flags, e.g. \"--gravity off\"; repeat to play each set (default: none)")
+    p.add_argument("--tokenizers", nargs="+", default=None, metavar="AUTOENCODER",
+                   help="instead of rollouts: compare tokenizers (autoencoder.pt files or directories holding one: the "
+                        "patch codebook, a VQ-VAE) on --frames seeded held-out frames at native colour: tokens a frame, "
+                        "exact 8×8 tiles, L1, PSNR, LPIPS, codebook use (OUT.md/.json)")
+    p.add_argument("--frames", type=bounded(int, 1), default=200, help="--tokenizers: held-out frames to score")
     p.add_argument("--autoencoder-figures", action="store_true",
                    help="also write OUT_reconstructions.png and OUT_edge_cases.png (needs the dataset's RAM column)")
     args = p.parse_args(argv)
@@ -594,9 +599,60 @@ def parse_args(argv=None):
     return args
 
 
+def tokenizer_table(args, argv) -> dict:
+    """--tokenizers: each autoencoder's tokenizer_report on the same seeded held-out frames, as OUT.md and OUT.json."""
+    from train import load_model, load_tiles, tokenizer_report
+    try:
+        cache = load_tiles(args.dataset, args.cache_dir)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    rows = np.sort(np.random.default_rng(args.seed).choice(len(cache.episodes), min(args.frames, len(cache.episodes)),
+                                                           replace=False))
+    frames = cache.frames(rows)
+    lpips_model = load_lpips()
+    results = {}
+    for path in args.tokenizers:
+        path = os.path.join(path, "autoencoder.pt") if os.path.isdir(path) else path
+        try:
+            model, ckpt = load_model(path, "autoencoder")
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}")
+        if not hasattr(model, "tokenize"):
+            raise SystemExit(f"error: {path}: a {type(model).__name__} has no tokens (use a tile codebook or a VQ-VAE)")
+        if tuple(model.frame_hw) != tuple(cache.frame_hw):
+            raise SystemExit(f"error: {path}: draws {model.frame_hw[0]}×{model.frame_hw[1]} frames, "
+                             f"{args.dataset} holds {cache.frame_hw[0]}×{cache.frame_hw[1]}")
+        t0 = time.perf_counter()
+        results[path] = tokenizer_report(model, frames, lpips_model) | {
+            "kind": type(model).__name__, "ms_per_frame": 1000 * (time.perf_counter() - t0) / len(frames)}
+        print(path, json.dumps(results[path]))
+    lines = [f"# Tokenizers on {args.dataset}", "", f"`python evaluate.py {' '.join(argv)}`: {len(frames)} seeded "
+             f"held-out frames (seed {args.seed}) at native colour, each tokenized and drawn back. Exact tiles: the "
+             "share of 8×8 tiles with every pixel right. Codebook use: distinct codes on these frames / codebook size. "
+             "ms a frame: tokenize, draw back and score, on this CPU.", "",
+             "| tokenizer | kind | tokens a frame | exact tiles | L1 | PSNR (dB) | LPIPS | codebook use | ms a frame |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for path, r in results.items():
+        lines.append(f"| `{path}` | {r['kind']} | {r['tokens_per_frame']} | {r['exact_tiles']:.4f} | {r['l1']:.4f} | "
+                     f"{r['psnr_db']:.1f} | {r['lpips']:.4f} | {r['codebook_use']:.3f} ({r['codes_used']} of "
+                     f"{r['codebook_size']}) | {r['ms_per_frame']:.1f} |")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out + ".md.tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(args.out + ".md.tmp", args.out + ".md")
+    with open(args.out + ".json.tmp", "w") as f:
+        json.dump({"command": "python evaluate.py " + " ".join(argv), "frames": len(frames), "results": results}, f,
+                  indent=1)
+    os.replace(args.out + ".json.tmp", args.out + ".json")
+    print("\n".join(lines))
+    return results
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.tokenizers:
+        return tokenizer_table(args, argv)
     if args.play:
         return play_table(args)
     torch.set_flush_denormal(True)  # subnormal numbers as zero: see train.main

@@ -60,6 +60,12 @@ class Config:
     perceptual_batch: int = 0          # score the perceptual term on this many frames of each batch (0 = all)
     latent_noise: float = 0.0          # std of N(0, s) added to the latent before decoding while training the autoencoder
     init_autoencoder: str = ""         # start the autoencoder from this autoencoder.pt (fine-tuning with new options)
+    vq_codes: int = 1024               # vqvae: codebook size
+    vq_dim: int = 32                   # vqvae: each code's vector
+    vq_stride: int = 8                 # vqvae: pixels per token side (8: one token per NES tile; 16: a quarter of them)
+    vq_width: int = 64                 # vqvae: channels of its convolutions
+    vq_commitment: float = 0.25        # vqvae: weight of ||z - sg(code)||^2
+    vq_decay: float = 0.99             # vqvae: EMA decay of the codebook
     ae_lr: float = 1e-3
     ae_epochs: int = 50
     ae_samples_per_epoch: int = 0      # frames drawn per epoch (0 = every training frame once)
@@ -698,8 +704,8 @@ AUTOENCODERS = {"seed": ConvAutoencoder, "spatial": SpatialAutoencoder}  # + "ti
 def build_autoencoder(cfg: Config) -> nn.Module:
     if cfg.ae_arch == "seed":
         return ConvAutoencoder(cfg.latent_dim, cfg.image_size, cfg.ae_depth)
-    if cfg.ae_arch == "tiles":
-        return TileAutoencoder.from_config(cfg)
+    if cfg.ae_arch in ("tiles", "vqvae"):
+        return AUTOENCODERS[cfg.ae_arch].from_config(cfg)
     return SpatialAutoencoder(cfg.latent_channels, cfg.ae_width, cfg.image_size, cfg.ae_depth)
 
 
@@ -1072,6 +1078,17 @@ class TileAutoencoder(nn.Module):
     def palette(self) -> torch.Tensor:
         """Every code's tile as uint8 (codes, 8, 8, 3): decoding a frame is a lookup in it."""
         return self.codebook.clone()
+
+    @torch.no_grad()
+    def tokenize(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> codes (N, rows, cols), the interface VQVAE shares."""
+        tiles = frames_to_tiles(np.asarray(frames))
+        return self.encode_tiles(tiles.reshape(-1, TILE, TILE, 3)).view(len(frames), *self.latent_shape)
+
+    @torch.no_grad()
+    def render(self, codes) -> np.ndarray:
+        """codes (N, rows, cols) -> uint8 frames (N, H, W, 3)."""
+        return tiles_to_frames(self.codebook[torch.as_tensor(codes)], self.frame_hw).numpy()
 
 
 class ResBlock2d(nn.Module):
@@ -1446,6 +1463,121 @@ class TileWorld(World):
 
 AUTOENCODERS["tiles"] = TileAutoencoder
 DYNAMICS["tiles"] = TileDynamics
+
+
+class VQVAE(nn.Module):
+    """A learnt tokenizer at native colour (seed phase 6.1): a conv encoder down to one vector per `stride`×`stride`
+    pixels, each replaced by the nearest of `codes` codebook vectors (its token), and a conv decoder back to the frame.
+
+    The codebook follows the encoder by exponential moving averages (van den Oord et al. 2017, appendix), not by
+    gradient; the encoder gets the decoder's gradient straight through the quantisation and a commitment loss. A code
+    no batch has chosen for a while (its EMA count under `dead`) restarts at a random encoder output of the batch.
+    The first batch initialises the codebook from its encoder outputs. tokenize() and render() are the interface the
+    patch codebook (TileAutoencoder) shares, so evaluate.py compares them as tokenizers."""
+
+    def __init__(self, codes: int = 1024, dim: int = 32, stride: int = 8, width: int = 64, frame_hw=NES_FRAME,
+                 commitment: float = 0.25, decay: float = 0.99, dead: float = 0.03):
+        super().__init__()
+        if stride < 2 or stride & (stride - 1):
+            raise ValueError(f"vq_stride {stride}: must be a power of 2, at least 2")
+        self.frame_hw, self.stride, self.commitment, self.decay, self.dead = tuple(frame_hw), stride, commitment, decay, dead
+        self.latent_shape = (-(-self.frame_hw[0] // stride), -(-self.frame_hw[1] // stride))
+        self.image_size = 80
+        levels = stride.bit_length() - 1  # stride-2 convolutions each way; none at full resolution (CPU cost)
+        down = [m for i in range(levels) for m in (nn.Conv2d(3 if i == 0 else width, width, 4, stride=2, padding=1),
+                                                   nn.GELU())]
+        up = [m for i in range(levels) for m in (nn.ConvTranspose2d(width, 3 if i == levels - 1 else width, 4,
+                                                                    stride=2, padding=1),
+                                                 nn.GELU() if i < levels - 1 else nn.Identity())]
+        self.encoder = nn.Sequential(*down, ResBlock2d(width, 1), nn.Conv2d(width, dim, 1))
+        self.decoder = nn.Sequential(nn.Conv2d(dim, width, 3, padding=1), ResBlock2d(width, 1), nn.GELU(), *up)
+        self.register_buffer("codebook", torch.randn(codes, dim) * 0.1)
+        self.register_buffer("ema_count", torch.ones(codes))
+        self.register_buffer("ema_sum", self.codebook.clone())
+        self.register_buffer("initialised", torch.tensor(False))
+
+    @classmethod
+    def from_config(cls, cfg: "Config") -> "VQVAE":
+        return cls(cfg.vq_codes, cfg.vq_dim, cfg.vq_stride, cfg.vq_width, cfg.frame_size, cfg.vq_commitment,
+                   cfg.vq_decay)
+
+    def _pad(self, x):
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, self.latent_shape[1] * self.stride - w, 0, self.latent_shape[0] * self.stride - h))
+
+    def encode(self, x):
+        """Frames (B, 3, H, W) in [0, 1] -> encoder outputs (B, dim, rows, cols)."""
+        return self.encoder(self._pad(x))
+
+    def nearest(self, z):
+        """(B, dim, rows, cols) -> codes (B, rows, cols)."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        d = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t() + self.codebook.pow(2).sum(1)[None])
+        return d.argmin(1).view(z.shape[0], *z.shape[2:])
+
+    def decode_codes(self, codes):
+        """codes (B, rows, cols) -> frames (B, 3, H, W) in [0, 1]."""
+        z = self.codebook[codes].permute(0, 3, 1, 2)
+        return self.decoder(z).sigmoid()[..., :self.frame_hw[0], :self.frame_hw[1]]
+
+    @torch.no_grad()
+    def _update_codebook(self, flat, codes):
+        if not bool(self.initialised):  # data init: the first batch's encoder outputs
+            self.codebook.copy_(flat[torch.randint(len(flat), (len(self.codebook),), device=flat.device)])
+            self.ema_sum.copy_(self.codebook)
+            self.initialised.fill_(True)
+            return
+        onehot = F.one_hot(codes, len(self.codebook)).type_as(flat)
+        count, total = onehot.sum(0), onehot.t() @ flat
+        if DIST.world > 1:  # every process's codebook follows the whole global batch
+            torch.distributed.all_reduce(count)
+            torch.distributed.all_reduce(total)
+        self.ema_count.mul_(self.decay).add_(count, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(total, alpha=1 - self.decay)
+        n = self.ema_count.sum()
+        count = (self.ema_count + 1e-5) / (n + len(self.codebook) * 1e-5) * n  # Laplace smoothing
+        self.codebook.copy_(self.ema_sum / count[:, None])
+        dead = self.ema_count < self.dead
+        if dead.any():  # restart unused codes at random encoder outputs of this batch
+            pick = flat[torch.randint(len(flat), (int(dead.sum()),), device=flat.device)]
+            if DIST.world > 1:
+                torch.distributed.broadcast(pick, 0)
+            self.codebook[dead], self.ema_sum[dead], self.ema_count[dead] = pick, pick, 1.0
+
+    def forward(self, x):
+        """Frames (B, 3, H, W) in [0, 1] -> (reconstruction, codes, commitment loss); in training mode the codebook
+        moves towards the batch's encoder outputs."""
+        z = self.encode(x)
+        codes = self.nearest(z)
+        if self.training:
+            self._update_codebook(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float(), codes.flatten())
+        q = self.codebook[codes].permute(0, 3, 1, 2)
+        commit = F.mse_loss(z.float(), q.detach())
+        q = z + (q - z).detach()  # straight through: the decoder's gradient reaches the encoder
+        return self.decoder(q).sigmoid()[..., :self.frame_hw[0], :self.frame_hw[1]], codes, commit
+
+    def loss(self, frames):
+        """uint8 frames (B, H, W, 3) -> (loss, logs): L1 + commitment * ||z - sg(code)||^2."""
+        x = frames.permute(0, 3, 1, 2).float().div(255)
+        recon, codes, commit = self(x)
+        l1 = (recon.float() - x).abs().mean()
+        return l1 + self.commitment * commit, {"l1": l1.item(), "commit": commit.item()}
+
+    @torch.no_grad()
+    def tokenize(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> codes (N, rows, cols)."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.codebook.device).permute(0, 3, 1, 2).float() / 255
+        return torch.cat([self.nearest(self.encode(c)) for c in x.split(64)])
+
+    @torch.no_grad()
+    def render(self, codes) -> np.ndarray:
+        """codes (N, rows, cols) -> uint8 frames (N, H, W, 3)."""
+        out = [self.decode_codes(c).mul(255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu()
+               for c in torch.as_tensor(codes).split(64)]
+        return torch.cat(out).numpy()
+
+
+AUTOENCODERS["vqvae"] = VQVAE
 
 
 # ----------------------------------------------------------------------------- losses
@@ -2330,6 +2462,93 @@ def train_tile_autoencoder(cfg: Config, cache: TileCache, out: str) -> tuple[Til
     return model, extra
 
 
+def tokenizer_report(tokenizer: nn.Module, frames: np.ndarray, lpips_model=None) -> dict:
+    """How a tokenizer (TileAutoencoder or VQVAE: tokenize, render) draws these uint8 frames (N, H, W, 3): tokens
+    per frame, the share of 8×8 tiles drawn exactly, whole-frame L1 and PSNR, LPIPS (with a model), and how much of
+    the codebook the frames use."""
+    codes = tokenizer.tokenize(frames)
+    recon = tokenizer.render(codes)
+    err = np.abs(recon.astype(np.int16) - frames)
+    exact = (frames_to_tiles(err).reshape(len(frames), -1, TILE * TILE * 3).max(-1) == 0).mean()
+    mse = (err.astype(np.float64) / 255) ** 2
+    psnr = 10 * np.log10(1 / np.maximum(mse.mean(axis=(1, 2, 3)), 1e-10))
+    n_codes = len(tokenizer.codebook)
+    out = {"tokens_per_frame": int(np.prod(codes.shape[1:])), "exact_tiles": float(exact),
+           "l1": float(err.mean() / 255), "psnr_db": float(psnr.mean()),
+           "codes_used": int(torch.unique(codes).numel()), "codebook_size": n_codes,
+           "codebook_use": float(torch.unique(codes).numel() / n_codes)}
+    if lpips_model is not None:
+        with torch.no_grad():
+            d = [lpips_model(torch.from_numpy(recon[s:s + 32]).permute(0, 3, 1, 2).float() / 127.5 - 1,
+                             torch.from_numpy(frames[s:s + 32]).permute(0, 3, 1, 2).float() / 127.5 - 1).flatten()
+                 for s in range(0, len(frames), 32)]
+        out["lpips"] = float(torch.cat(d).mean())
+    return out
+
+
+def train_vqvae(cfg: Config, cache: TileCache, out: str) -> tuple[VQVAE, dict]:
+    """The VQ-VAE tokenizer on the training episodes' native frames (rebuilt from the tile cache), cfg.ae_epochs
+    epochs of cfg.ae_samples_per_epoch frames (default 8,192); resumes; reports tokenizer_report on validation frames."""
+    from tqdm import tqdm
+    train_rows, val_rows = split_rows(cache, cfg)
+    model = VQVAE.from_config(cfg).to(DIST.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.ae_lr)
+    state_path = os.path.join(out, "autoencoder_train_state.pt")
+    log = RunLog(os.path.join(out, "autoencoder_log.jsonl"), resume=os.path.exists(state_path))
+    start_epoch = 0
+    state = _resume_state(state_path, cfg, AE_KEYS + ["vq_codes", "vq_dim", "vq_stride", "vq_width"])
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"]
+        print(f"resuming the VQ-VAE from epoch {start_epoch} ({state_path})")
+    sched = cosine_schedule(opt, cfg.ae_epochs, cfg.ae_lr, start_epoch)
+    per_epoch = cfg.ae_samples_per_epoch or 8192
+    print(f"VQ-VAE: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(model.codebook)} codes "
+          f"of {model.codebook.shape[1]}, a token per {model.stride}×{model.stride} pixels "
+          f"({model.latent_shape[0]}×{model.latent_shape[1]} a frame); {per_epoch} frames an epoch")
+    val = np.random.default_rng(cfg.seed).choice(val_rows, min(len(val_rows), 256), replace=False)
+    step = DIST.wrap(Objective(model, lambda m, f: m.loss(f)))
+    for epoch in range(start_epoch, cfg.ae_epochs):
+        model.train()
+        order = np.random.default_rng([cfg.seed, epoch]).choice(train_rows, per_epoch)
+        sums, n, t0 = {}, 0, time.time()
+        bar = tqdm(range(0, per_epoch, cfg.batch_size), desc=f"VQ-VAE epoch {epoch + 1}/{cfg.ae_epochs}",
+                   mininterval=10, leave=False)
+        for s in bar:
+            rows = DIST.shard(order[s:s + cfg.batch_size])
+            frames = DIST.to(torch.from_numpy(cache.frames(rows)))
+            with DIST.autocast():
+                loss, logs = step(frames)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n += 1
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(l1=f"{sums['l1'] / n:.4f}", refresh=False)
+        sched.step()
+        model.eval()
+        report = tokenizer_report(model, cache.frames(val))
+        row = {"epoch": epoch + 1, "train_loss": DIST.mean(sums["l1"] / n), "val_loss": report["l1"],
+               "frames_per_s": n * cfg.batch_size / (time.time() - t0)} | {f"val_{k}": v for k, v in report.items()}
+        log.add(**row)
+        print(f"VQ-VAE epoch {epoch + 1}/{cfg.ae_epochs}: train L1 {row['train_loss']:.4f}, validation L1 "
+              f"{report['l1']:.4f}, PSNR {report['psnr_db']:.1f} dB, exact tiles {report['exact_tiles']:.3f}, "
+              f"codebook use {report['codebook_use']:.3f} ({row['frames_per_s']:.0f} frames/s)")
+        if DIST.main:
+            torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "epoch": epoch + 1}, state_path + ".tmp")
+            os.replace(state_path + ".tmp", state_path)
+        log.plot(os.path.join(out, "autoencoder_loss.png"), f"VQ-VAE ({cfg.name}): L1")
+    model.eval()
+    model.cpu()
+    extra = {"hash": state_hash(model.state_dict()), "val_l1": log.rows[-1]["val_loss"] if log.rows else None,
+             "val_exact_occurrences": log.rows[-1]["val_exact_tiles"] if log.rows else None}
+    save_checkpoint(os.path.join(out, "autoencoder.pt"), "autoencoder", cfg, model, **extra)
+    return model, extra
+
+
 def tile_batch(tokens, cache: TileCache, rows: np.ndarray, history: int, episode_start: np.ndarray,
                addresses: np.ndarray) -> dict:
     """Rows t (whose t+1 is in the same episode) -> TileDynamics.loss's batch: codes (B, K, 30, 32), state (B, S),
@@ -2612,9 +2831,14 @@ def main(argv=None):
         print(json.dumps(benchmark(cfg), indent=1))
         return
     out = cfg.out or os.path.join("runs", cfg.name)
-    tiles = cfg.ae_arch == "tiles"  # native tiles and the RAM (the tile world), or 80×80 grayscale frames
+    tiles = cfg.ae_arch in ("tiles", "vqvae")  # native frames and the RAM (the tile world), or 80×80 grayscale
     train_ae, train_dyn = (train_tile_autoencoder, train_tile_dynamics) if tiles else (train_autoencoder,
                                                                                       train_dynamics)
+    if cfg.ae_arch == "vqvae":
+        if cfg.stage != "ae":
+            raise SystemExit("error: --ae-arch vqvae: dynamics on VQ-VAE tokens are not built yet (issue #23); "
+                             "train the tokenizer alone with --stage ae")
+        train_ae = train_vqvae
     try:
         if not DIST.main:
             DIST.barrier()  # torchrun: rank 0 decodes the dataset into the cache once; the others then read it
