@@ -2113,6 +2113,15 @@ def _resume_state(path: str, cfg: Config, stage_keys: list[str]):
     return state
 
 
+def save_run_state(path: str, cfg: Config, model: nn.Module, opt, epoch: int, **more):
+    """The state a run resumes from, written atomically by rank 0: config, weights, optimiser, epochs done, more."""
+    if not DIST.main:
+        return
+    torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "epoch": epoch, **more}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
 def cosine_schedule(opt, epochs: int, lr: float, start_epoch: int):
     """Cosine decay to 5% of lr over the run, fast-forwarded to start_epoch when resuming."""
     import warnings
@@ -2193,10 +2202,7 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
         print(f"autoencoder epoch {epoch + 1}/{cfg.ae_epochs}: train {total / count:.5f}  val {val['loss']:.5f}  "
               f"val L1 {val['l1']:.5f}  val L1 on content pixels {val['changed_l1']:.4f}  "
               f"({count / (time.time() - t0):.0f} img/s)")
-        if DIST.main:
-            torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "epoch": epoch + 1}, state_path + ".tmp")
-            os.replace(state_path + ".tmp", state_path)
+        save_run_state(state_path, cfg, model, opt, epoch + 1)
         log.plot(os.path.join(out, "autoencoder_loss.png"), f"autoencoder ({cfg.name}): weighted L1")
     model.eval()
     model.cpu()  # what follows (encoding every frame, the checkpoint) runs on the CPU
@@ -2396,11 +2402,8 @@ def train_dynamics(cfg: Config, cache: FrameCache, autoencoder: nn.Module, ae_ex
                 **extra_log)
         print(f"dynamics epoch {epoch + 1}/{cfg.dyn_epochs}: train {total / count:.5f}  val {val_loss:.5f}  "
               + "".join(f"{k} {v:.4g}  " for k, v in extra_log.items()) + f"({count / (time.time() - t0):.0f} pairs/s)")
-        if DIST.main:
-            torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "epoch": epoch + 1, "autoencoder_hash": ae_extra["hash"], "best_val": best[0],
-                        "best_epoch": best[1], "best_model": best[2]}, state_path + ".tmp")
-            os.replace(state_path + ".tmp", state_path)
+        save_run_state(state_path, cfg, model, opt, epoch + 1, autoencoder_hash=ae_extra["hash"], best_val=best[0],
+                       best_epoch=best[1], best_model=best[2])
         log.plot(os.path.join(out, "dynamics_loss.png"), f"dynamics ({cfg.name}): normalised latent MSE")
     model.cpu()  # the checkpoint and what evaluates it run on the CPU
     if best[2] is not None:
@@ -2536,10 +2539,7 @@ def train_vqvae(cfg: Config, cache: TileCache, out: str) -> tuple[VQVAE, dict]:
         print(f"VQ-VAE epoch {epoch + 1}/{cfg.ae_epochs}: train L1 {row['train_loss']:.4f}, validation L1 "
               f"{report['l1']:.4f}, PSNR {report['psnr_db']:.1f} dB, exact tiles {report['exact_tiles']:.3f}, "
               f"codebook use {report['codebook_use']:.3f} ({row['frames_per_s']:.0f} frames/s)")
-        if DIST.main:
-            torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "epoch": epoch + 1}, state_path + ".tmp")
-            os.replace(state_path + ".tmp", state_path)
+        save_run_state(state_path, cfg, model, opt, epoch + 1)
         log.plot(os.path.join(out, "autoencoder_loss.png"), f"VQ-VAE ({cfg.name}): L1")
     model.eval()
     model.cpu()
