@@ -451,9 +451,12 @@ class Game:
                                               "S screenshot; Esc quits", True, (180, 180, 180)),
                              (gap, self.screen.get_height() - 24))
             pg.display.flip()
-            pressed = [keys.pop(0)] if keys else [] if keys is not None else \
-                [e.key if e.type == pg.KEYDOWN else None for e in pg.event.get() if e.type in (pg.KEYDOWN, pg.QUIT)]
-            if keys is not None and not pressed:
+            if keys is None:  # the keyboard (a window's close button reads as Esc)
+                pressed = [e.key if e.type == pg.KEYDOWN else None for e in pg.event.get()
+                           if e.type in (pg.KEYDOWN, pg.QUIT)]
+            elif keys:
+                pressed = [keys.pop(0)]
+            else:
                 return None  # the scripted keys ran out
             for key in pressed:
                 if key is None or key == pg.K_ESCAPE:

@@ -2113,6 +2113,20 @@ def _resume_state(path: str, cfg: Config, stage_keys: list[str]):
     return state
 
 
+def resume_autoencoder_run(out: str, cfg: Config, keys: list[str], model: nn.Module, opt, label: str):
+    """An autoencoder run's state file, its log and the epoch to start from, with the model and optimiser loaded
+    where a run of the same settings (`keys`) stopped before."""
+    state_path = os.path.join(out, "autoencoder_train_state.pt")
+    log = RunLog(os.path.join(out, "autoencoder_log.jsonl"), resume=os.path.exists(state_path))
+    state = _resume_state(state_path, cfg, keys)
+    if state is None:
+        return state_path, log, 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    print(f"resuming {label} from epoch {state['epoch']} ({state_path})")
+    return state_path, log, state["epoch"]
+
+
 def save_run_state(path: str, cfg: Config, model: nn.Module, opt, epoch: int, **more):
     """The state a run resumes from, written atomically by rank 0: config, weights, optimiser, epochs done, more."""
     if not DIST.main:
@@ -2159,15 +2173,7 @@ def train_autoencoder(cfg: Config, cache: FrameCache, out: str) -> tuple[nn.Modu
             raise SystemExit(f"error: --init-autoencoder {cfg.init_autoencoder} has another architecture than "
                              f"this config's ({cfg.ae_arch}, depth {cfg.ae_depth}, width {cfg.ae_width})") from None
         print(f"autoencoder: starting from {cfg.init_autoencoder}")
-    state_path = os.path.join(out, "autoencoder_train_state.pt")
-    log = RunLog(os.path.join(out, "autoencoder_log.jsonl"), resume=os.path.exists(state_path))
-    start_epoch = 0
-    state = _resume_state(state_path, cfg, AE_KEYS)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
-        print(f"resuming the autoencoder from epoch {start_epoch} ({state_path})")
+    state_path, log, start_epoch = resume_autoencoder_run(out, cfg, AE_KEYS, model, opt, "the autoencoder")
     sched = cosine_schedule(opt, cfg.ae_epochs, cfg.ae_lr, start_epoch)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"autoencoder {cfg.ae_arch}: {n_params / 1e6:.2f}M parameters, latent {model.latent_shape}, "
@@ -2496,15 +2502,8 @@ def train_vqvae(cfg: Config, cache: TileCache, out: str) -> tuple[VQVAE, dict]:
     train_rows, val_rows = split_rows(cache, cfg)
     model = VQVAE.from_config(cfg).to(DIST.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.ae_lr)
-    state_path = os.path.join(out, "autoencoder_train_state.pt")
-    log = RunLog(os.path.join(out, "autoencoder_log.jsonl"), resume=os.path.exists(state_path))
-    start_epoch = 0
-    state = _resume_state(state_path, cfg, AE_KEYS + ["vq_codes", "vq_dim", "vq_stride", "vq_width"])
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
-        print(f"resuming the VQ-VAE from epoch {start_epoch} ({state_path})")
+    state_path, log, start_epoch = resume_autoencoder_run(
+        out, cfg, AE_KEYS + ["vq_codes", "vq_dim", "vq_stride", "vq_width"], model, opt, "the VQ-VAE")
     sched = cosine_schedule(opt, cfg.ae_epochs, cfg.ae_lr, start_epoch)
     per_epoch = cfg.ae_samples_per_epoch or 8192
     print(f"VQ-VAE: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(model.codebook)} codes "

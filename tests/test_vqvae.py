@@ -86,12 +86,15 @@ def test_the_tokenizer_report_scores_the_patch_codebook_exact_on_its_own_tiles()
     assert worse["exact_tiles"] < 1.0 and worse["psnr_db"] < report["psnr_db"]
 
 
-def test_train_py_trains_a_vqvae_tokenizer_and_evaluate_py_compares_it(tiny_dataset, tmp_path):
+def test_train_py_trains_a_vqvae_tokenizer_and_evaluate_py_compares_it(tiny_dataset, tmp_path, capsys):
     import evaluate
     out = str(tmp_path / "vq")
     common = ["--dataset", tiny_dataset, "--cache-dir", str(tmp_path / "cache")]
-    train.main(common + ["--ae-arch", "vqvae", "--stage", "ae", "--epochs", "1", "--ae-samples-per-epoch", "16",
-                         "--batch-size", "8", "--vq-codes", "32", "--vq-width", "8", "--out", out])
+    vq = ["--ae-arch", "vqvae", "--stage", "ae", "--ae-samples-per-epoch", "16", "--batch-size", "8", "--vq-codes", "32",
+          "--vq-width", "8", "--out", out]
+    train.main(common + vq + ["--epochs", "1"])
+    train.main(common + vq + ["--epochs", "2"])  # a second epoch: the run resumes after the first
+    assert "resuming the VQ-VAE from epoch 1" in capsys.readouterr().out
     results = evaluate.main(["--tokenizers", out, "checkpoints/tetris", "--dataset", tiny_dataset, "--frames", "6",
                              "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "tok")])
     assert os.path.exists(tmp_path / "tok.md") and len(results) == 2
