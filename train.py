@@ -1471,8 +1471,7 @@ class VQVAE(nn.Module):
 
     The codebook follows the encoder by exponential moving averages (van den Oord et al. 2017, appendix), not by
     gradient; the encoder gets the decoder's gradient straight through the quantisation and a commitment loss. A code
-    no batch has chosen for a while (its EMA count under `dead` times the mean count) restarts at a random encoder
-    output of the batch.
+    no batch has chosen for a while (its EMA count under `dead`) restarts at a random encoder output of the batch.
     The first batch initialises the codebook from its encoder outputs. tokenize() and render() are the interface the
     patch codebook (TileAutoencoder) shares, so evaluate.py compares them as tokenizers."""
 
@@ -1538,9 +1537,7 @@ class VQVAE(nn.Module):
         n = self.ema_count.sum()
         count = (self.ema_count + 1e-5) / (n + len(self.codebook) * 1e-5) * n  # Laplace smoothing
         self.codebook.copy_(self.ema_sum / count[:, None])
-        # a code used less than `dead` times the average code's EMA count restarts (an absolute threshold waited for
-        # an unused code's count to decay from 1 to 0.03: 5 epochs in which 95-97% of the codes sat unused)
-        dead = self.ema_count < self.dead * self.ema_count.mean()
+        dead = self.ema_count < self.dead
         if dead.any():  # restart unused codes at random encoder outputs of this batch
             pick = flat[torch.randint(len(flat), (int(dead.sum()),), device=flat.device)]
             if DIST.world > 1:
