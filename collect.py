@@ -96,9 +96,8 @@ ALE_TO_BUTTONS = _ale_to_buttons()  # ALE action -> the buttons that give it (FI
 
 # ----------------------------------------------------------------------------- ROMs
 # A game's ROM comes from a pip package (GAMES[game].rom: package, file or ROM id, pip pin) or from --rom PATH.
-def check_rom(path: str, flag: str = "--rom") -> str:
-    """A one-line SystemExit unless path is a readable iNES ROM: the "NES\\x1a" header, at least one 16 KB
-    bank of program code, and as many bytes as the header's bank counts promise."""
+def read_rom_file(path: str, flag: str = "--rom") -> bytes:
+    """A ROM file's bytes (a few KB), or a one-line SystemExit saying why it cannot be read."""
     fail = lambda msg: SystemExit(f"error: {flag} {path}: {msg}")
     if not os.path.exists(path):
         raise fail("no such file")
@@ -106,9 +105,17 @@ def check_rom(path: str, flag: str = "--rom") -> str:
         raise fail("not a file")
     try:
         with open(path, "rb") as f:
-            header = f.read(16)
+            return f.read()
     except OSError as e:
         raise fail(f"cannot be read ({e.strerror or e})") from None
+
+
+def check_rom(path: str, flag: str = "--rom") -> str:
+    """A one-line SystemExit unless path is a readable iNES ROM: the "NES\\x1a" header, at least one 16 KB
+    bank of program code, and as many bytes as the header's bank counts promise."""
+    fail = lambda msg: SystemExit(f"error: {flag} {path}: {msg}")
+    data = read_rom_file(path, flag)
+    header = data[:16]
     if len(header) < 16 or header[:4] != b"NES\x1a":
         raise fail("not a NES ROM (an iNES file starts with the 4 bytes 'NES\\x1a')")
     prg, chr_, trainer = header[4], header[5], 512 if header[6] & 4 else 0
@@ -116,7 +123,7 @@ def check_rom(path: str, flag: str = "--rom") -> str:
         if 0x0F in (header[9] & 0x0F, header[9] >> 4):
             return path
         prg, chr_ = prg + ((header[9] & 0x0F) << 8), chr_ + ((header[9] >> 4) << 8)
-    need, size = 16 + trainer + prg * 16384 + chr_ * 8192, os.path.getsize(path)
+    need, size = 16 + trainer + prg * 16384 + chr_ * 8192, len(data)
     if prg == 0 or size < need:
         raise fail(f"truncated or corrupt NES ROM (its header promises {need} bytes"
                    f"{'' if prg else ' and no program code'}, the file has {size})")
@@ -164,17 +171,11 @@ def find_atari_rom(game: str, rom: str | None = None) -> str:
         raise SystemExit(f"error: the installed ale-py has no ROM {rom_id!r} for {game}; `pip install {pin}`")
     if rom is None:
         return shipped
-    fail = lambda msg: SystemExit(f"error: --rom {rom}: {msg}")
-    if not os.path.exists(rom):
-        raise fail("no such file")
-    if not os.path.isfile(rom):
-        raise fail("not a file")
-    try:
-        digest = _md5(rom)
-    except OSError as e:
-        raise fail(f"cannot be read ({e.strerror or e})") from None
+    import hashlib
+    digest = hashlib.md5(read_rom_file(rom)).hexdigest()
     if digest != _md5(shipped):
-        raise fail(f"not the {game} ROM that ale-py knows (md5 {digest}, want {_md5(shipped)}: {shipped})")
+        raise SystemExit(f"error: --rom {rom}: not the {game} ROM that ale-py knows (md5 {digest}, want "
+                         f"{_md5(shipped)}: {shipped})")
     return rom
 
 
