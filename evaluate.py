@@ -201,6 +201,38 @@ def real_frames(cache, starts: np.ndarray, horizons: list[int]):
 
 
 # ----------------------------------------------------------------------------- reports
+def step_rate(world: World, steps: int = 60, warmup: int = 5) -> float:
+    """Frames per second of one player's play on one thread: world.step from the shipped start on no buttons, at the
+    play temperature, and show() of each frame (the model and its render, without the window)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        state, action = world.start("play"), torch.zeros(1, 8)
+        for i in range(warmup + steps):
+            if i == warmup:
+                t = time.perf_counter()
+            state, z = world.step(state, action, world.default_temperature)
+            world.show(z)
+        return steps / (time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def family_table(results: dict, horizons: list[int], fps: dict, params: dict) -> str:
+    """One row per method: changed-pixel L1, whole-frame L1 and LPIPS at each horizon, and each model's speed."""
+    hs = "/".join(f"@{h}" for h in horizons)
+    lines = [f"| method | changed-pixel L1 {hs} | whole-frame L1 {hs} | LPIPS {hs} | FPS, one thread | parameters |",
+             "|---|---|---|---|---|---|"]
+    for method, per_h in results.items():
+        name = method[method.index("(") + 1:-1] if method.endswith(")") else next(iter(fps), "")
+        speed = f"{fps[name]:.1f}" if method.startswith("model (") or method == "model" else ""
+        size = f"{params[name] / 1e6:.1f} M" if speed else ""
+        cells = ["/".join(f"{per_h[str(h)][k]:.{d}f}" for h in horizons)
+                 for k, d in (("changed_l1", 3), ("l1", 4), ("lpips", 3))]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {speed} | {size} |")
+    return "\n".join(lines)
+
+
 def markdown_table(results: dict, horizons: list[int], threshold: float) -> str:
     lines = [f"| method | horizon | L1 | SSIM | LPIPS | changed-pixel L1 | changed-pixel SSIM |",
              "|---|---|---|---|---|---|---|"]
@@ -712,7 +744,13 @@ def main(argv=None):
         except DatasetError as e:
             print(f"events: skipped ({e})")
 
-    table = markdown_table(results, args.horizons, args.change_threshold)
+    fps = {name: step_rate(world) for name, world in worlds.items()}
+    params = {name: sum(p.numel() for m in (w.autoencoder, w.dynamics) for p in m.parameters())
+              for name, w in worlds.items()}
+    table = (f"## Families at a glance\n\nFPS: `World.step` and its frame's render at batch 1 on one thread, "
+             f"from the shipped start (evaluate.step_rate; the player's full loop with the window: `main.py "
+             f"--benchmark`).\n\n" + family_table(results, args.horizons, fps, params)
+             + "\n\n## Every score\n\n" + markdown_table(results, args.horizons, args.change_threshold))
     command = "python evaluate.py " + " ".join(argv)
     header = (f"# Rollout evaluation\n\n`{command}`\n\n{len(starts)} seeded starts (seed {args.seed}) from "
               f"{len(np.unique(cache.episodes[starts]))} held-out episodes of `{args.dataset}` "
@@ -746,7 +784,8 @@ def main(argv=None):
                "seed": args.seed, "starts": len(starts), "horizons": args.horizons,
                "change_threshold": args.change_threshold, "results": results, "no_action": no_action,
                "samples": args.samples, "temperature": args.temperature, "diversity": diversity, "events": events,
-               "hold": hold, "tokenizer": tokenizers, "seconds": time.time() - t0}
+               "hold": hold, "tokenizer": tokenizers, "seconds": time.time() - t0,
+               "fps_one_thread": fps, "parameters": params}  # (after the seconds: what varies between runs)
     for path, text in ((args.out + ".md", header + table + notes + "\n"),
                        (args.out + ".json", json.dumps(payload, indent=1))):
         with open(path + ".tmp", "w") as f:

@@ -108,6 +108,11 @@ class Config:
     rare_power: float = 0.5            # tile dynamics: draw a training step exp(this x its surprise above the
                                        # median step's) times as often (rare_weights, step_surprise); 0 = uniform
     rare_max_weight: float = 30.0      # tile dynamics: the most a rare step is drawn more often than a common one
+    tf_dim: int = 128                  # transformer dynamics: width of its tokens
+    tf_layers: int = 4                 # transformer dynamics: pre-norm self-attention layers
+    tf_heads: int = 4                  # transformer dynamics: attention heads
+    tf_patch: int = 2                  # transformer dynamics: tiles per token side (2: 2×2 tiles, 240 a NES frame)
+    tf_conv_blocks: int = 0            # transformer dynamics: dilated 3×3 conv blocks before the tokens (0: none)
     min_p: float = 0.2                 # tile dynamics: at temperature > 0 play samples a byte's change among those at
                                        # least this share as likely as its likeliest (min-p sampling)
 
@@ -125,9 +130,14 @@ class Config:
                 or self.rare_max_weight < 1 or not 0 <= self.min_p <= 1:
             raise ValueError(f"need 0 <= state_min_change < 1, state_width >= 0, rare_power >= 0, "
                              f"rare_max_weight >= 1 and 0 <= min_p <= 1")
-        if (self.ae_arch == "tiles") != (self.dynamics == "tiles"):
-            raise ValueError(f"ae_arch tiles and dynamics tiles go together (not {self.ae_arch} with {self.dynamics}): "
-                             f"tile dynamics predict the tile autoencoder's codes")
+        if (self.ae_arch == "tiles") != (self.dynamics in TOKEN_DYNAMICS):
+            raise ValueError(f"ae_arch tiles goes with dynamics {' or '.join(TOKEN_DYNAMICS)} (not {self.ae_arch} "
+                             f"with {self.dynamics}): those dynamics predict the tile autoencoder's codes")
+        if min(self.tf_dim, self.tf_layers, self.tf_heads, self.tf_patch) < 1 or self.tf_dim % self.tf_heads \
+                or self.tf_conv_blocks < 0:
+            raise ValueError(f"need tf_dim, tf_layers, tf_heads and tf_patch >= 1, tf_dim a multiple of tf_heads, "
+                             f"tf_conv_blocks >= 0 (not {self.tf_dim}, {self.tf_layers}, {self.tf_heads}, "
+                             f"{self.tf_patch}, {self.tf_conv_blocks})")
         if self.history < 1 or self.unroll < 1:
             raise ValueError("history and unroll must be >= 1")
         if self.ae_depth not in (3, 4):
@@ -994,13 +1004,14 @@ class FlowDynamicsModel(ConvDynamicsModel):
 
 
 DYNAMICS = {"deterministic": DynamicsModel, "vae": VAEDynamicsModel, "conv": ConvDynamicsModel,
-            "flow": FlowDynamicsModel}
+            "flow": FlowDynamicsModel}  # + "tiles" (TileDynamics) and "transformer" (TileTransformer), below
+TOKEN_DYNAMICS = ("tiles", "transformer")  # the families over tile tokens, with a state of RAM bytes (TileWorld)
 
 
 def build_dynamics(cfg: Config, latent_dim: int, addresses=None) -> nn.Module:
     """The dynamics family cfg.dynamics names; tile dynamics also need their state's RAM addresses."""
-    if cfg.dynamics == "tiles":
-        return DYNAMICS["tiles"].from_config(cfg, latent_dim, addresses)
+    if cfg.dynamics in TOKEN_DYNAMICS:
+        return DYNAMICS[cfg.dynamics].from_config(cfg, latent_dim, addresses)
     return DYNAMICS[cfg.dynamics].from_config(cfg, latent_dim)
 
 
@@ -1179,15 +1190,30 @@ class TileDynamics(nn.Module):
         if addresses is None:
             raise ValueError("tile dynamics need the state's RAM addresses (choose_state_bytes; stored in the "
                              "checkpoint as state_addresses)")
-        return cls(cfg.tile_codes, addresses, cfg.history, cfg.hidden, cfg.conv_blocks, cfg.state_width, cfg.min_p,
-                   tile_grid(cfg.frame_size))
+        return cls(cfg.tile_codes, addresses, cfg.history, cfg.hidden, state_width=cfg.state_width, min_p=cfg.min_p,
+                   grid=tile_grid(cfg.frame_size), **cls.trunk_options(cfg))
+
+    @staticmethod
+    def trunk_options(cfg: "Config") -> dict:
+        """The config's settings of this family's trunk, as keyword arguments."""
+        return {"blocks": cfg.conv_blocks}
+
+    def inputs(self, tokens, state, a_hist):
+        """-> the per-tile input map (B, width, 30, 32): the K code maps' embeddings mixed per tile, the position's
+        and the state's maps; and the global vector g (B, width) of the state bytes and the buttons."""
+        x = self.embed(tokens).permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, K * width, 30, 32)
+        g = self.state_embed(state.long() + self.offsets).sum(1) + self.buttons(a_hist.flatten(1).float())
+        return self.inp(x) + self.pos + self.byte_map_now(state), g
+
+    def features(self, tokens, state, a_hist):
+        """-> trunk features (B, width, 30, 32) and g: here dilated convolutions (TileTransformer: attention)."""
+        x, g = self.inputs(tokens, state, a_hist)
+        return self.blocks(x + g[:, :, None, None]), g
 
     def trunk(self, tokens, state, a_hist):
         """tokens (B, K, 30, 32) codes, state (B, S) bytes, a_hist (B, K, 8) -> features (B, width, 30, 32) and the
         state head's logits (B, S, 256) of each byte's change mod 256."""
-        x = self.embed(tokens).permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, K * width, 30, 32)
-        g = self.state_embed(state.long() + self.offsets).sum(1) + self.buttons(a_hist.flatten(1).float())
-        h = self.blocks(self.inp(x) + self.pos + g[:, :, None, None] + self.byte_map_now(state))
+        h, g = self.features(tokens, state, a_hist)
         attention = torch.softmax(self.attend(h).flatten(2), -1)  # (B, 4, 960)
         head_in = torch.cat([h.mean((2, 3)), h.amax((2, 3)), g,
                              torch.einsum("bak,bwk->baw", attention, h.flatten(2)).flatten(1),
@@ -1283,6 +1309,52 @@ class TileDynamics(nn.Module):
         return codes.view(len(tokens), *self.grid), next_state.to(state.dtype)
 
 
+class TileTransformer(TileDynamics):
+    """Transformer dynamics over the tile tokens (seed phase 6.2): TileDynamics with its convolutional trunk replaced
+    by self-attention; the state head, the tile head, the loss and play are TileDynamics'.
+
+    The last K frames' codes are embedded and mixed per tile (as the conv trunk's input), and every `patch`×`patch`
+    block of tiles becomes one token (2×2: 240 tokens for a 30×32 NES frame), plus one token for the state bytes and
+    the buttons. `layers` pre-norm transformer layers attend over all of them at once, so any tile can read any
+    other at the first layer (the conv trunk reaches 31 tiles across after 8 blocks). The tokens are then unfolded
+    back to tiles. Every tile of the next frame is predicted in one pass (parallel decoding): the frame costs one
+    forward, whatever its token count. The past frames enter as each token's input, not as attention over cached
+    keys, so a step's cost does not grow with the context. `local_blocks` > 0 puts that many of the conv trunk's
+    dilated 3×3 blocks before the tokens (a hybrid: local moves from convolutions, the rest from attention)."""
+
+    def __init__(self, codes: int, addresses, history: int = 2, width: int = 48, dim: int = 128, layers: int = 4,
+                 heads: int = 4, patch: int = 2, state_width: int = 0, min_p: float = 0.2,
+                 grid=tile_grid(NES_FRAME), local_blocks: int = 0):
+        super().__init__(codes, addresses, history, width, local_blocks, state_width, min_p, grid)
+        self.patch = patch
+        self.padded = tuple(-(-n // patch) * patch for n in self.grid)  # the grid padded to whole patches
+        n_tokens = self.padded[0] * self.padded[1] // patch ** 2
+        self.to_tokens = nn.Linear(width * patch * patch, dim)
+        self.global_token = nn.Linear(width, dim)
+        self.token_pos = nn.Parameter(torch.randn(1, n_tokens + 1, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.token_norm = nn.LayerNorm(dim)
+        self.from_tokens = nn.Linear(dim, width * patch * patch)
+
+    @staticmethod
+    def trunk_options(cfg: "Config") -> dict:
+        return {"dim": cfg.tf_dim, "layers": cfg.tf_layers, "heads": cfg.tf_heads, "patch": cfg.tf_patch,
+                "local_blocks": cfg.tf_conv_blocks}
+
+    def features(self, tokens, state, a_hist):
+        x, g = self.inputs(tokens, state, a_hist)
+        x = self.blocks(x)  # local_blocks dilated 3×3 convolutions first (none: attention alone)
+        p, (rows, cols) = self.patch, self.grid
+        padded = F.pad(x, (0, self.padded[1] - cols, 0, self.padded[0] - rows))
+        t = self.to_tokens(F.pixel_unshuffle(padded, p).flatten(2).transpose(1, 2))  # (B, N, dim)
+        t = torch.cat([self.global_token(g)[:, None], t], 1) + self.token_pos
+        t = self.from_tokens(self.token_norm(self.encoder(t))[:, 1:])  # (B, N, width * p * p)
+        t = t.transpose(1, 2).reshape(len(x), -1, self.padded[0] // p, self.padded[1] // p)
+        return x + g[:, :, None, None] + F.pixel_shuffle(t, p)[:, :, :rows, :cols], g
+
+
 def ram_state(ram: np.ndarray, addresses: np.ndarray) -> np.ndarray:
     """(..., R) RAM -> (..., S) the state's bytes."""
     return ram[..., addresses]
@@ -1337,11 +1409,11 @@ class World:
     def load(cls, directory: str = "checkpoints/tetris", device: str = "cpu") -> "World":
         autoencoder, ae_ckpt, dyn_path, dyn_ckpt = load_matched(directory)
         dyn_cfg = config_from(dyn_ckpt)
-        if (config_from(ae_ckpt).ae_arch == "tiles") != (dyn_cfg.dynamics == "tiles"):
+        if (config_from(ae_ckpt).ae_arch == "tiles") != (dyn_cfg.dynamics in TOKEN_DYNAMICS):
             raise CheckpointError(f"{dyn_path}: holds {dyn_cfg.dynamics} dynamics, which do not play on a "
                                   f"{config_from(ae_ckpt).ae_arch} autoencoder")
         dynamics, _ = load_model(dyn_path, "dynamics", int(np.prod(autoencoder.latent_shape)))
-        kind = TileWorld if dyn_cfg.dynamics == "tiles" else WorldModel
+        kind = TileWorld if dyn_cfg.dynamics in TOKEN_DYNAMICS else WorldModel
         world = kind(autoencoder, dynamics, dyn_ckpt.get("starts"), device)
         world.autoencoder_hash = ae_ckpt.get("hash")
         if world.stochastic:
@@ -1463,6 +1535,7 @@ class TileWorld(World):
 
 AUTOENCODERS["tiles"] = TileAutoencoder
 DYNAMICS["tiles"] = TileDynamics
+DYNAMICS["transformer"] = TileTransformer
 
 
 class VQVAE(nn.Module):
@@ -2621,11 +2694,11 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoenco
     one_step = one_step[np.isin(cache.episodes[one_step], np.unique(cache.episodes[train_rows]))]
     addresses = choose_state_bytes(cache.ram, one_step, cfg.state_min_change)
     print(f"state: {len(addresses)} RAM bytes change on at least {cfg.state_min_change:.1%} of the training steps")
-    model = TileDynamics.from_config(cfg, addresses=addresses).to(DIST.device)  # before the optimiser
+    model = DYNAMICS[cfg.dynamics].from_config(cfg, addresses=addresses).to(DIST.device)  # before the optimiser
     if cfg.init_dynamics:
         init, init_ckpt = load_model(cfg.init_dynamics, "dynamics")
         if init_ckpt.get("autoencoder_hash") != ae_extra["hash"] or not isinstance(init, TileDynamics) \
-                or not np.array_equal(init.addresses, addresses):
+                or type(init) is not type(model) or not np.array_equal(init.addresses, addresses):
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: not tile dynamics trained on this run's "
                              f"tile autoencoder and state bytes")
         model.load_state_dict(init.state_dict())

@@ -14,6 +14,8 @@ FAMILIES = {  # family -> Config overrides: tiny models of each
     "conv": dict(ae_arch="spatial", dynamics="conv", hidden=8, conv_blocks=2),
     "flow": dict(ae_arch="spatial", dynamics="flow", hidden=8, conv_blocks=2, flow_steps=2, temperature=1.0),
     "tiles": dict(ae_arch="tiles", dynamics="tiles", hidden=8, conv_blocks=1, state_width=16, tile_codes=16),
+    "transformer": dict(ae_arch="tiles", dynamics="transformer", hidden=8, tf_dim=16, tf_layers=1, tf_heads=2,
+                        tf_conv_blocks=1, state_width=16, tile_codes=16),  # (the hybrid: a conv block, then attention)
 }
 ADDRESSES = [3, 9, 17]  # a tile world's state bytes (any addresses will do here)
 
@@ -23,7 +25,8 @@ def build(family: str, directory: str):
     torch.manual_seed(0)
     cfg = train.Config(history=2, latent_channels=2, ae_width=8, **FAMILIES[family])
     ae = train.build_autoencoder(cfg)
-    if family == "tiles":
+    tiles = family in train.TOKEN_DYNAMICS
+    if tiles:
         rng = np.random.default_rng(0)
         train.fit_tiles(ae, rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), np.ones(16, dtype=np.int64))
         start = {"tokens": torch.randint(0, 16, (2, 30, 32)).short(), "state": torch.tensor([1, 2, 3]).short(),
@@ -31,15 +34,15 @@ def build(family: str, directory: str):
     else:
         start = {"frames": torch.randint(0, 256, (2, 80, 80), dtype=torch.uint8), "actions": torch.zeros(2, 8)}
     latent_dim = int(np.prod(ae.latent_shape))
-    dyn = train.build_dynamics(cfg, latent_dim, ADDRESSES if family == "tiles" else None)
+    dyn = train.build_dynamics(cfg, latent_dim, ADDRESSES if tiles else None)
     for p in dyn.parameters():  # away from the initial values, so that a lost weight would show
         p.data.add_(torch.randn_like(p) * 0.05)
     ae_hash = train.state_hash(ae.state_dict())
     train.save_checkpoint(os.path.join(directory, "autoencoder.pt"), "autoencoder", cfg, ae, hash=ae_hash)
-    extra = {"state_addresses": ADDRESSES} if family == "tiles" else {}
+    extra = {"state_addresses": ADDRESSES} if tiles else {}
     train.save_checkpoint(os.path.join(directory, "dynamics.pt"), "dynamics", cfg, dyn, autoencoder_hash=ae_hash,
                           starts={"play": start}, **extra)
-    kind = train.TileWorld if family == "tiles" else train.WorldModel
+    kind = train.TileWorld if tiles else train.WorldModel
     world = kind(ae.eval(), dyn.eval(), {"play": start})
     world.default_temperature = cfg.temperature if world.stochastic else 0.0
     return world
@@ -65,20 +68,23 @@ def test_save_load_and_step_give_identical_frames(family, tmp_path):
     assert loaded.default_temperature == world.default_temperature
     mine, theirs = play(world), play(loaded)
     for a, b in zip(mine, theirs):
-        assert a.dtype == np.uint8 and a.shape == ((240, 256, 3) if family == "tiles" else (80, 80))
+        assert a.dtype == np.uint8 and a.shape == ((240, 256, 3) if family in train.TOKEN_DYNAMICS else (80, 80))
         assert np.array_equal(a, b)
     assert all(np.array_equal(a, b) for a, b in zip(play(loaded), theirs))  # the same seed plays the same frames
     z = loaded.step(loaded.start("play"), torch.zeros(1, 8), 0.0)[1]
     assert loaded.decode(z).shape == (1, 1, 80, 80)  # what evaluate.py scores, for every family
     with pytest.raises(KeyError, match="no start context 'menu'"):
         loaded.start("menu")
-    if family == "tiles":  # the state bytes' addresses came back with the checkpoint
+    if world.stochastic:  # temperature 0 plays the same frames whatever the random seed
+        loaded.default_temperature = 0.0
+        assert all(np.array_equal(a, b) for a, b in zip(play(loaded, seed=1), play(loaded, seed=2)))
+    if family in train.TOKEN_DYNAMICS:  # the state bytes' addresses came back with the checkpoint
         assert loaded.dynamics.addresses.tolist() == ADDRESSES
 
 
 def test_main_plays_every_family_through_the_interface(tmp_path):
     import main as play_main
-    for family in ("conv", "tiles"):
+    for family in ("conv", "tiles", "transformer"):
         directory = str(tmp_path / family)
         build(family, directory)
         result = play_main.main(["--checkpoint", directory, "--headless", "--frames", "3"])

@@ -33,6 +33,13 @@ def test_seeded_evaluation_gives_identical_numbers(tiny_dataset, tiny_run, tmp_p
     assert a["results"]["copy-last-frame"]["1"]["lpips"] < a["results"]["copy-last-frame"]["5"]["lpips"] + 1e-6
     assert a["dataset_fingerprint"] and "evaluate.py" in a["command"]
     assert os.path.exists(str(tmp_path / "a") + ".md") and os.path.exists(str(tmp_path / "a") + "_curves.png")
+    # the families at a glance: a row per method, each model's frame rate and size beside its scores
+    (name, fps), = a["fps_one_thread"].items()
+    assert fps > 0 and a["parameters"][name] > 1000
+    rows = [line for line in open(str(tmp_path / "a") + ".md") if line.startswith("| ")]
+    glance = {line.split(" | ")[0][2:]: line for line in rows[:rows.index(next(r for r in rows if "| horizon |" in r))]}
+    assert set(glance) - {"method"} == methods and f"| {fps:.1f} |" in glance["model"]
+    assert glance["copy-last-frame"].rstrip().endswith("|  |  |")
 
 
 def test_identical_frames_score_perfectly_and_have_no_changed_pixels():

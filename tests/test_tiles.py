@@ -2,6 +2,7 @@
 game-agnostic rule picks (issue #19)."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -215,8 +216,10 @@ def test_tile_checkpoint_errors(tiny_tile_run, tiny_run, tiny_dataset, tmp_path)
     os.symlink(os.path.join(tiny_run, "export", "dynamics.pt"), mixed / "dynamics.pt")
     with pytest.raises(train.CheckpointError, match="another autoencoder"):
         train.load_world(str(mixed))
-    with pytest.raises(ValueError, match="go together"):
+    with pytest.raises(ValueError, match="ae_arch tiles goes with dynamics tiles or transformer"):
         train.Config(ae_arch="tiles", dynamics="conv")
+    with pytest.raises(ValueError, match="tf_dim a multiple of tf_heads"):
+        train.Config(ae_arch="tiles", dynamics="transformer", tf_dim=30, tf_heads=4)
     with pytest.raises(ValueError, match="0 <= state_min_change < 1"):
         train.Config(ae_arch="tiles", dynamics="tiles", state_min_change=1.5)
     with pytest.raises(ValueError, match="state's RAM addresses"):
@@ -323,3 +326,33 @@ def test_the_same_tile_world_trains_and_plays_on_an_atari_frame(tmp_path):
     result = main.main(["--game", "mspacman", "--checkpoint", os.path.join(out, "export"), "--headless",
                         "--frames", "3"])
     assert result["frames"] == 3
+    # issue #23: the transformer family trains on the same tokenizer from the same code (27 rows: a padded patch)
+    tf_out = str(tmp_path / "transformer")
+    os.makedirs(tf_out)
+    shutil.copy(os.path.join(out, "autoencoder.pt"), tf_out)
+    train.main(["--dataset", data, "--out", tf_out, "--export", os.path.join(tf_out, "export"), "--stage", "dynamics",
+                "--ae-arch", "tiles", "--dynamics", "transformer", "--history", "2", "--hidden", "16", "--tf-dim",
+                "32", "--tf-layers", "1", "--state-width", "16", "--dyn-epochs", "1", "--dyn-samples-per-epoch", "32",
+                "--batch-size", "16", "--tile-codes", "256", "--cache-dir", str(tmp_path / "cache"), "--spot-check", ""])
+    world = train.World.load(os.path.join(tf_out, "export"))
+    assert isinstance(world.dynamics, train.TileTransformer) and world.dynamics.padded == (28, 20)
+    state, z = world.step(world.start(), torch.zeros(1, 8), temperature=0.0)
+    assert z.shape == (1, 27, 20) and world.show(z).shape == (210, 160, 3)
+
+
+def test_the_transformer_trunk_reads_the_whole_frame_in_one_layer():
+    """One attention layer carries a change at one corner of the frame to the opposite corner (its LayerNorms are per
+    token, so nothing else could carry it there); a tile outside the changed token's patch moves too."""
+    torch.manual_seed(0)
+    model = train.TileTransformer(codes=8, addresses=[0], history=1, width=8, dim=16, layers=1, heads=2).eval()
+    tokens = torch.zeros(1, 1, 30, 32, dtype=torch.long)
+    moved = tokens.clone()
+    moved[0, 0, 0, 0] = 5
+    state, actions = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, 8)
+    with torch.no_grad():
+        diff = (model.features(moved, state, actions)[0] - model.features(tokens, state, actions)[0]).abs()[0]
+    assert diff[:, 29, 31].max() > 1e-4 and diff[:, 2:, 2:].amax(0).min() > 0
+    model.encoder.layers[0].self_attn.out_proj.weight.data.zero_()  # attention cut: only the changed patch moves
+    with torch.no_grad():
+        diff = (model.features(moved, state, actions)[0] - model.features(tokens, state, actions)[0]).abs()[0]
+    assert diff[:, :2, :2].max() > 1e-4 and diff[:, 2:, 2:].max() == 0
