@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data data-games train-games evaluate-games train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
+.PHONY: play test venv data data-games train-games evaluate-games train-transformers evaluate-families train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -43,6 +43,24 @@ train-games: venv
 evaluate-games: venv
 	$(PY) evaluate.py --game smb --samples 0 --out results/eval_smb
 	$(PY) evaluate.py --game mspacman --samples 0 --out results/eval_mspacman
+
+# Issue #23: transformer dynamics over each game's tile tokens (the shipped tokenizer copied in), and the Ms. Pac-Man
+# conv-then-attention hybrid; not shipped. About 55, 35, 32 and 32 min on one core each, the box shared.
+train-transformers: venv
+	for r in tetris_transformer smb_transformer mspacman_transformer mspacman_hybrid; do g=$${r%%_*}; \
+		mkdir -p runs/$$r && cp checkpoints/$$g/autoencoder.pt runs/$$r/ || exit 1; done
+	$(PY) train.py --config configs/tetris_transformer.yaml --dataset data/tetris_train_l0_19 --stage dynamics
+	$(PY) train.py --config configs/smb_transformer.yaml --dataset data/smb_train --stage dynamics
+	$(PY) train.py --config configs/mspacman_transformer.yaml --dataset data/mspacman_train --stage dynamics
+	$(PY) train.py --config configs/mspacman_hybrid.yaml --dataset data/mspacman_train --stage dynamics
+
+# One table per game comparing the families (results/families_GAME.md; about 11, 25 and 14 min)
+FAMILY_ARGS = --starts 60 --samples 3 --horizons 1 10 30 60
+evaluate-families: venv
+	$(PY) evaluate.py --game tetris --checkpoint checkpoints/tetris --checkpoint runs/tetris_transformer --checkpoint checkpoints/tetris_latent --checkpoint checkpoints/phase1 $(FAMILY_ARGS) --events 0 --out results/families_tetris
+	$(PY) evaluate.py --game smb --checkpoint checkpoints/smb --checkpoint runs/smb_transformer $(FAMILY_ARGS) --out results/families_smb
+	$(PY) evaluate.py --game mspacman --checkpoint checkpoints/mspacman --checkpoint runs/mspacman_transformer $(FAMILY_ARGS) --out results/families_mspacman
+	$(PY) evaluate.py --game mspacman --checkpoint runs/mspacman_hybrid --starts 60 --samples 0 --horizons 1 10 30 60 --no-plots --out results/families_mspacman_hybrid
 
 # What ships in checkpoints/tetris_latent (phases 2 and 3): the phase 1 autoencoder, fine-tuned with a VGG16
 # perceptual loss and latent noise; VAE dynamics on it (4-step rollouts), then fine-tuned on 12-step
