@@ -1316,7 +1316,7 @@ class TileTransformer(TileDynamics):
     The last K frames' codes are embedded and mixed per tile (as the conv trunk's input), and every `patch`×`patch`
     block of tiles becomes one token (2×2: 240 tokens for a 30×32 NES frame), plus one token for the state bytes and
     the buttons. `layers` pre-norm transformer layers attend over all of them at once, so any tile can read any
-    other at the first layer (the conv trunk reaches 31 tiles across after 8 blocks). The tokens are then unfolded
+    other at the first layer (a conv block reads only its dilated 3×3 neighbours). The tokens are then unfolded
     back to tiles. Every tile of the next frame is predicted in one pass (parallel decoding): the frame costs one
     forward, whatever its token count. The past frames enter as each token's input, not as attention over cached
     keys, so a step's cost does not grow with the context. `local_blocks` > 0 puts that many of the conv trunk's
