@@ -1086,10 +1086,6 @@ class TileAutoencoder(nn.Module):
         """codes (...) -> tiles (..., 8, 8, 3) in [0, 1]."""
         return self.codebook[codes].float().div(255)
 
-    def palette(self) -> torch.Tensor:
-        """Every code's tile as uint8 (codes, 8, 8, 3): decoding a frame is a lookup in it."""
-        return self.codebook.clone()
-
     @torch.no_grad()
     def tokenize(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 frames (N, H, W, 3) -> codes (N, rows, cols), the interface VQVAE shares."""
@@ -1466,14 +1462,12 @@ class TileWorld(World):
         self.history, self.latent_shape, self.image_size = dynamics.history, autoencoder.latent_shape, 80
         self.starts = starts or {}
         self.autoencoder_hash, self.default_temperature = None, 1.0
-        with torch.no_grad():
-            self._palette = autoencoder.palette()
         self.tokens = self.ram = None  # set by attach()
 
     @torch.no_grad()
     def rgb(self, z) -> np.ndarray:
         """Code maps (B, rows, cols) -> native frames (B, H, W, 3) uint8 (240×256 on the NES)."""
-        return tiles_to_frames(self._palette[z.cpu()], self.autoencoder.frame_hw).numpy()
+        return self.autoencoder.render(z.cpu())
 
     def decode(self, z):
         return torch.from_numpy(to_gray80(self.rgb(z))).float().div(255)[:, None]
@@ -1514,8 +1508,7 @@ class TileWorld(World):
         if tuple(frames.shape[1:3]) != tuple(self.autoencoder.frame_hw):
             raise ValueError(f"frames of {frames.shape[1]}×{frames.shape[2]}, but this model's are "
                              f"{self.autoencoder.frame_hw[0]}×{self.autoencoder.frame_hw[1]}")
-        tiles = frames_to_tiles(frames)
-        codes = self.autoencoder.encode_tiles(tiles.reshape(-1, TILE, TILE, 3)).view(1, len(frames), *self.latent_shape)
+        codes = self.autoencoder.tokenize(frames)[None]
         state = np.zeros(self.dynamics.state_size, np.int64) if ram is None else \
             ram_state(np.frombuffer(bytes(ram), np.uint8), self.dynamics.addresses).astype(np.int64)
         return (codes.to(self.device), torch.from_numpy(state)[None].to(self.device),

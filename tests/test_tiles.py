@@ -43,7 +43,7 @@ def test_codebook_gives_each_distinct_tile_its_code_and_maps_unseen_tiles_to_the
     assert fit["exact_tiles"] == 1.0 and fit["codes_in_use"] == 50
     codes = model.encode_tiles(table)
     assert len(codes.unique()) == 50
-    assert torch.equal(model.palette()[codes], torch.from_numpy(table))
+    assert torch.equal(model.codebook[codes], torch.from_numpy(table))
     near = table[7].astype(np.int16) + 3
     assert int(model.encode_tiles(np.clip(near, 0, 255).astype(np.uint8)[None])[0]) == int(codes[7])
     small = train.TileAutoencoder(codes=10)  # fewer codes than tiles: k-means, every code in use
