@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data data-games train-games evaluate-games train-transformers evaluate-families train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
+.PHONY: play test venv data data-games train-games evaluate-games train-transformers train-vqvae evaluate-tokenizers evaluate-families train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -54,6 +54,20 @@ train-transformers: venv
 	$(PY) train.py --config configs/mspacman_transformer.yaml --dataset data/mspacman_train --stage dynamics
 	$(PY) train.py --config configs/mspacman_hybrid.yaml --dataset data/mspacman_train --stage dynamics
 
+# Issue #23: the VQ-VAE tokenizer on each game; on Tetris also the tile dynamics on its tokens (tokenizing the
+# 101,975 training frames once takes about 40 min, kept in .cache); a Tetris tokenizer with 16x16-pixel tokens. About
+# 20 + 40 + 35, 12, 15 and 7 min on one core.
+train-vqvae: venv
+	$(PY) train.py --config configs/tetris_vqvae.yaml --dataset data/tetris_train_l0_19
+	$(PY) train.py --config configs/tetris_vqvae.yaml --dataset data/tetris_train_l0_19 --stage ae --vq-stride 16 --vq-decay 0.95 --out runs/tetris_vqvae16
+	$(PY) train.py --config configs/smb_vqvae.yaml --dataset data/smb_train --stage ae
+	$(PY) train.py --config configs/mspacman_vqvae.yaml --dataset data/mspacman_train --stage ae
+
+evaluate-tokenizers: venv
+	$(PY) evaluate.py --tokenizers runs/tetris_vqvae runs/tetris_vqvae16 checkpoints/tetris --dataset data/tetris_test --frames 200 --out results/tokenizers_tetris
+	$(PY) evaluate.py --tokenizers runs/smb_vqvae checkpoints/smb --dataset data/smb_test --frames 200 --out results/tokenizers_smb
+	$(PY) evaluate.py --tokenizers runs/mspacman_vqvae checkpoints/mspacman --dataset data/mspacman_test --frames 200 --out results/tokenizers_mspacman
+
 # One table per game comparing the families (results/families_GAME.md; about 11, 25 and 14 min)
 FAMILY_ARGS = --starts 60 --samples 3 --horizons 1 10 30 60
 evaluate-families: venv
@@ -61,6 +75,7 @@ evaluate-families: venv
 	$(PY) evaluate.py --game smb --checkpoint checkpoints/smb --checkpoint runs/smb_transformer $(FAMILY_ARGS) --out results/families_smb
 	$(PY) evaluate.py --game mspacman --checkpoint checkpoints/mspacman --checkpoint runs/mspacman_transformer $(FAMILY_ARGS) --out results/families_mspacman
 	$(PY) evaluate.py --game mspacman --checkpoint runs/mspacman_hybrid --starts 60 --samples 0 --horizons 1 10 30 60 --no-plots --out results/families_mspacman_hybrid
+	$(PY) evaluate.py --game tetris --checkpoint runs/tetris_vqvae $(FAMILY_ARGS) --events 0 --no-plots --out results/families_tetris_vq
 
 # What ships in checkpoints/tetris_latent (phases 2 and 3): the phase 1 autoencoder, fine-tuned with a VGG16
 # perceptual loss and latent noise; VAE dynamics on it (4-step rollouts), then fine-tuned on 12-step

@@ -130,9 +130,10 @@ class Config:
                 or self.rare_max_weight < 1 or not 0 <= self.min_p <= 1:
             raise ValueError(f"need 0 <= state_min_change < 1, state_width >= 0, rare_power >= 0, "
                              f"rare_max_weight >= 1 and 0 <= min_p <= 1")
-        if (self.ae_arch == "tiles") != (self.dynamics in TOKEN_DYNAMICS):
-            raise ValueError(f"ae_arch tiles goes with dynamics {' or '.join(TOKEN_DYNAMICS)} (not {self.ae_arch} "
-                             f"with {self.dynamics}): those dynamics predict the tile autoencoder's codes")
+        if (self.ae_arch in TOKENIZERS) != (self.dynamics in TOKEN_DYNAMICS) \
+                and not (self.ae_arch == "vqvae" and self.stage == "ae"):
+            raise ValueError(f"ae_arch {' or '.join(TOKENIZERS)} goes with dynamics {' or '.join(TOKEN_DYNAMICS)} "
+                             f"(not {self.ae_arch} with {self.dynamics}): those dynamics predict a tokenizer's codes")
         if min(self.tf_dim, self.tf_layers, self.tf_heads, self.tf_patch) < 1 or self.tf_dim % self.tf_heads \
                 or self.tf_conv_blocks < 0:
             raise ValueError(f"need tf_dim, tf_layers, tf_heads and tf_patch >= 1, tf_dim a multiple of tf_heads, "
@@ -517,6 +518,30 @@ def load_tiles(name: str, cache_dir: str = ".cache", workers: int = 0) -> TileCa
     return cache
 
 
+def dataset_tokens(tokenizer: nn.Module, cache: TileCache, cache_dir: str = ".cache") -> torch.Tensor:
+    """Every row's tokens (N, rows, cols) int16 (codes up to 4,096), the input of the token dynamics. The patch
+    codebook reads each distinct tile once; a learnt tokenizer (VQVAE: about 24 ms a native frame on one core) reads
+    every frame once, and its tokens are kept in cache_dir, keyed by the dataset's fingerprint and the hash of the
+    tokenizer's weights as they are (an fp16 copy tokenizes a few frames differently), for later runs and evaluate.py."""
+    from tqdm import tqdm
+    if hasattr(tokenizer, "encode_tiles"):  # (as int16 and indexed in numpy: int64 copies of 100k frames took 1.5 GB)
+        with torch.no_grad():
+            return torch.from_numpy(tokenizer.encode_tiles(cache.table).short().numpy()[cache.tile_ids])
+    path = os.path.join(cache_dir, f"tokens-{cache.fingerprint}-{state_hash(tokenizer.state_dict())}.npy")
+    if os.path.exists(path):
+        return torch.from_numpy(np.load(path))
+    tokens = np.empty((len(cache.episodes), *tokenizer.latent_shape), np.int16)
+    with tqdm(total=len(tokens), desc="tokenizing frames", unit="frame", mininterval=10) as bar:
+        for s in range(0, len(tokens), 256):
+            tokens[s:s + 256] = tokenizer.tokenize(cache.frames(np.arange(s, min(s + 256, len(tokens))))).numpy()
+            bar.update(min(256, len(tokens) - s))
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    np.save(tmp, tokens)
+    os.replace(tmp, path)
+    return torch.from_numpy(tokens)
+
+
 def pair_indices(episodes: np.ndarray, horizon: int = 1) -> np.ndarray:
     """Rows t whose next `horizon` rows belong to the same episode: (t, t+1..t+horizon) never crosses one."""
     n = len(episodes)
@@ -714,7 +739,7 @@ AUTOENCODERS = {"seed": ConvAutoencoder, "spatial": SpatialAutoencoder}  # + "ti
 def build_autoencoder(cfg: Config) -> nn.Module:
     if cfg.ae_arch == "seed":
         return ConvAutoencoder(cfg.latent_dim, cfg.image_size, cfg.ae_depth)
-    if cfg.ae_arch in ("tiles", "vqvae"):
+    if cfg.ae_arch in TOKENIZERS:
         return AUTOENCODERS[cfg.ae_arch].from_config(cfg)
     return SpatialAutoencoder(cfg.latent_channels, cfg.ae_width, cfg.image_size, cfg.ae_depth)
 
@@ -1006,6 +1031,14 @@ class FlowDynamicsModel(ConvDynamicsModel):
 DYNAMICS = {"deterministic": DynamicsModel, "vae": VAEDynamicsModel, "conv": ConvDynamicsModel,
             "flow": FlowDynamicsModel}  # + "tiles" (TileDynamics) and "transformer" (TileTransformer), below
 TOKEN_DYNAMICS = ("tiles", "transformer")  # the families over tile tokens, with a state of RAM bytes (TileWorld)
+TOKENIZERS = ("tiles", "vqvae")  # the autoencoders whose codes they predict: the patch codebook, the VQ-VAE
+
+
+def token_space(cfg: "Config") -> tuple[int, tuple[int, int]]:
+    """The tokens a config's tokenizer draws a native frame with: (codes, (rows, cols) a frame)."""
+    if cfg.ae_arch == "vqvae":
+        return cfg.vq_codes, tuple(-(-int(n) // cfg.vq_stride) for n in cfg.frame_size)
+    return cfg.tile_codes, tile_grid(cfg.frame_size)
 
 
 def build_dynamics(cfg: Config, latent_dim: int, addresses=None) -> nn.Module:
@@ -1186,8 +1219,9 @@ class TileDynamics(nn.Module):
         if addresses is None:
             raise ValueError("tile dynamics need the state's RAM addresses (choose_state_bytes; stored in the "
                              "checkpoint as state_addresses)")
-        return cls(cfg.tile_codes, addresses, cfg.history, cfg.hidden, state_width=cfg.state_width, min_p=cfg.min_p,
-                   grid=tile_grid(cfg.frame_size), **cls.trunk_options(cfg))
+        codes, grid = token_space(cfg)
+        return cls(codes, addresses, cfg.history, cfg.hidden, state_width=cfg.state_width, min_p=cfg.min_p,
+                   grid=grid, **cls.trunk_options(cfg))
 
     @staticmethod
     def trunk_options(cfg: "Config") -> dict:
@@ -1396,7 +1430,8 @@ class World:
     - encode_context(frames, actions, ram) -> state: real native frames (and the RAM at the last) as a start
       context, as main.py --real re-syncs the dream to the real game.
 
-    World.load(directory) picks the family from the checkpoint: a tile autoencoder's TileWorld, else WorldModel.
+    World.load(directory) picks the family from the checkpoint: a tokenizer's (the patch codebook's or a VQ-VAE's)
+    TileWorld, else WorldModel.
     Every dynamics family implements loss(...) for training and step(...) for play behind it."""
 
     stochastic = False
@@ -1405,7 +1440,7 @@ class World:
     def load(cls, directory: str = "checkpoints/tetris", device: str = "cpu") -> "World":
         autoencoder, ae_ckpt, dyn_path, dyn_ckpt = load_matched(directory)
         dyn_cfg = config_from(dyn_ckpt)
-        if (config_from(ae_ckpt).ae_arch == "tiles") != (dyn_cfg.dynamics in TOKEN_DYNAMICS):
+        if (config_from(ae_ckpt).ae_arch in TOKENIZERS) != (dyn_cfg.dynamics in TOKEN_DYNAMICS):
             raise CheckpointError(f"{dyn_path}: holds {dyn_cfg.dynamics} dynamics, which do not play on a "
                                   f"{config_from(ae_ckpt).ae_arch} autoencoder")
         dynamics, _ = load_model(dyn_path, "dynamics", int(np.prod(autoencoder.latent_shape)))
@@ -1450,13 +1485,14 @@ def load_world(directory: str = "checkpoints/tetris", device: str = "cpu") -> Wo
 
 
 class TileWorld(World):
-    """Tile autoencoder + tile dynamics behind the world interface (World). A state is (codes (B, K, 30, 32), state
-    bytes (B, S), the actions that led into the K frames (B, K, 8)); `z` values are code maps (B, 30, 32). decode()
-    gives 80×80 grayscale frames for scoring; rgb() the native frames to show."""
+    """A tokenizer (the tile autoencoder, or a VQ-VAE: tokenize and render) + tile dynamics behind the world interface
+    (World). A state is (codes (B, K, 30, 32), state bytes (B, S), the actions that led into the K frames (B, K, 8));
+    `z` values are code maps (B, 30, 32). decode() gives 80×80 grayscale frames for scoring; rgb() the native frames
+    to show."""
 
     stochastic = True
 
-    def __init__(self, autoencoder: TileAutoencoder, dynamics: TileDynamics, starts: dict | None = None,
+    def __init__(self, autoencoder: nn.Module, dynamics: TileDynamics, starts: dict | None = None,
                  device: str = "cpu"):
         self.autoencoder, self.dynamics, self.device = autoencoder.to(device), dynamics.to(device), device
         self.history, self.latent_shape, self.image_size = dynamics.history, autoencoder.latent_shape, 80
@@ -1485,15 +1521,17 @@ class TileWorld(World):
         cache = load_tiles(dataset, cache_dir)
         if episodes is not None and not np.array_equal(cache.episodes, episodes):
             raise DatasetError(f"{dataset}: its tile cache and frame cache disagree on the rows")
-        with torch.no_grad():
-            codes = self.autoencoder.encode_tiles(cache.table)
-            self.tokens = codes[torch.from_numpy(cache.tile_ids).long()]
-            exact = (self.autoencoder.codebook[codes].numpy() == cache.table).all(axis=(1, 2, 3))
-        # the tokenizer on this dataset: the share of tile occurrences it draws exactly (an unseen tile gets the
-        # nearest code), and of distinct tiles
-        self.tokenizer_report = {"exact_tile_occurrences": float((exact * cache.counts).sum() / cache.counts.sum()),
-                                 "exact_distinct_tiles": float(exact.mean()), "distinct_tiles": int(len(exact)),
-                                 "codes_in_use": int(self.autoencoder.in_use.sum())}
+        self.tokens = dataset_tokens(self.autoencoder, cache, cache_dir).long()
+        if hasattr(self.autoencoder, "encode_tiles"):
+            # the patch codebook on this dataset: the share of tile occurrences it draws exactly (an unseen tile
+            # gets the nearest code), and of distinct tiles (a VQ-VAE's: evaluate.py --tokenizers)
+            with torch.no_grad():
+                codes = self.autoencoder.encode_tiles(cache.table)
+                exact = (self.autoencoder.codebook[codes].numpy() == cache.table).all(axis=(1, 2, 3))
+            self.tokenizer_report = {
+                "exact_tile_occurrences": float((exact * cache.counts).sum() / cache.counts.sum()),
+                "exact_distinct_tiles": float(exact.mean()), "distinct_tiles": int(len(exact)),
+                "codes_in_use": int(self.autoencoder.in_use.sum())}
         self.ram = torch.from_numpy(ram_state(cache.ram, self.dynamics.addresses)).long()
 
     def encode_rows(self, cache, rows: np.ndarray):
@@ -2674,13 +2712,12 @@ def state_accuracy(model: TileDynamics, tokens, cache: TileCache, rows: np.ndarr
     return out
 
 
-def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: TileAutoencoder, ae_extra: dict, out: str):
-    """Tile dynamics on the training episodes: the state bytes chosen by choose_state_bytes, steps drawn with
-    rare_weights (cfg.rare_power), cfg.unroll self-fed steps per sample."""
+def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: nn.Module, ae_extra: dict, out: str):
+    """Tile dynamics on the training episodes' tokens (the patch codebook's or a VQ-VAE's: dataset_tokens): the state
+    bytes chosen by choose_state_bytes, steps drawn with rare_weights (cfg.rare_power), cfg.unroll self-fed steps per
+    sample."""
     from tqdm import tqdm
-    with torch.no_grad():  # (N, 30, 32) codes as int16 (at most 4,096), indexed in numpy by the int32 tile ids:
-        # 100k native frames hold 192 MB of codes, where int64 codes and an int64 copy of the ids took 1.5 GB
-        tokens = torch.from_numpy(autoencoder.encode_tiles(cache.table).short().numpy()[cache.tile_ids])
+    tokens = dataset_tokens(autoencoder, cache, cfg.cache_dir)  # (N, 30, 32) int16 codes
     train_rows, val_rows = split_rows(cache, cfg, horizon=cfg.unroll)
     ep_start = cache.episode_start
     one_step = np.flatnonzero(np.r_[cache.episodes[1:] == cache.episodes[:-1], False])
@@ -2776,7 +2813,7 @@ def resume_tile_run(model: nn.Module, opt, out: str, cfg: Config, keys: list) ->
     """The tile dynamics' run state: where it is written, its log, and the epoch to start from, with the model and
     optimiser loaded from it where a run of the same settings (DYN_KEYS, the tile keys and `keys`) stopped before."""
     state_path = os.path.join(out, "dynamics_state.pt")
-    resume = _resume_state(state_path, cfg, DYN_KEYS + ["tile_codes", "state_width"] + keys)
+    resume = _resume_state(state_path, cfg, DYN_KEYS + ["tile_codes", "vq_codes", "vq_stride", "state_width"] + keys)
     log = RunLog(os.path.join(out, "dynamics_log.jsonl"), resume is not None)
     if not resume:
         return state_path, log, 0
@@ -2896,13 +2933,10 @@ def main(argv=None):
         print(json.dumps(benchmark(cfg), indent=1))
         return
     out = cfg.out or os.path.join("runs", cfg.name)
-    tiles = cfg.ae_arch in ("tiles", "vqvae")  # native frames and the RAM (the tile world), or 80×80 grayscale
+    tiles = cfg.ae_arch in TOKENIZERS  # native frames and the RAM (the tile world), or 80×80 grayscale
     train_ae, train_dyn = (train_tile_autoencoder, train_tile_dynamics) if tiles else (train_autoencoder,
                                                                                       train_dynamics)
     if cfg.ae_arch == "vqvae":
-        if cfg.stage != "ae":
-            raise SystemExit("error: --ae-arch vqvae: dynamics on VQ-VAE tokens are not built yet (issue #23); "
-                             "train the tokenizer alone with --stage ae")
         train_ae = train_vqvae
     try:
         if not DIST.main:
@@ -2943,8 +2977,8 @@ def main(argv=None):
         dynamics, dyn_extra = train_dyn(cfg, cache, autoencoder, ae_extra, out)
         timings["dynamics_s"] = time.time() - t
         if cfg.export:
-            save_checkpoint(os.path.join(cfg.export, "autoencoder.pt"), "autoencoder", cfg, autoencoder, half=True,
-                            **ae_extra)
+            save_checkpoint(os.path.join(cfg.export, "autoencoder.pt"), "autoencoder", cfg, autoencoder,
+                            half=cfg.ae_arch != "vqvae", **ae_extra)  # (fp16 moves a VQ-VAE's nearest codes)
             save_checkpoint(os.path.join(cfg.export, "dynamics.pt"), "dynamics", cfg, dynamics, half=True,
                             **dyn_extra)
             print(f"exported fp16 checkpoints to {cfg.export}/")

@@ -16,8 +16,15 @@ FAMILIES = {  # family -> Config overrides: tiny models of each
     "tiles": dict(ae_arch="tiles", dynamics="tiles", hidden=8, conv_blocks=1, state_width=16, tile_codes=16),
     "transformer": dict(ae_arch="tiles", dynamics="transformer", hidden=8, tf_dim=16, tf_layers=1, tf_heads=2,
                         tf_conv_blocks=1, state_width=16, tile_codes=16),  # (the hybrid: a conv block, then attention)
+    "vq-tiles": dict(ae_arch="vqvae", dynamics="tiles", hidden=8, conv_blocks=1, state_width=16, vq_codes=16, vq_dim=4,
+                     vq_width=8),  # the tile dynamics on a VQ-VAE's tokens
 }
 ADDRESSES = [3, 9, 17]  # a tile world's state bytes (any addresses will do here)
+
+
+def tokens(family: str) -> bool:
+    """Whether the family's dynamics predict a tokenizer's codes (a TileWorld)."""
+    return FAMILIES[family]["dynamics"] in train.TOKEN_DYNAMICS
 
 
 def build(family: str, directory: str):
@@ -25,10 +32,11 @@ def build(family: str, directory: str):
     torch.manual_seed(0)
     cfg = train.Config(history=2, latent_channels=2, ae_width=8, **FAMILIES[family])
     ae = train.build_autoencoder(cfg)
-    tiles = family in train.TOKEN_DYNAMICS
+    tiles = tokens(family)
     if tiles:
-        rng = np.random.default_rng(0)
-        train.fit_tiles(ae, rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), np.ones(16, dtype=np.int64))
+        if cfg.ae_arch == "tiles":
+            rng = np.random.default_rng(0)
+            train.fit_tiles(ae, rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), np.ones(16, dtype=np.int64))
         start = {"tokens": torch.randint(0, 16, (2, 30, 32)).short(), "state": torch.tensor([1, 2, 3]).short(),
                  "actions": torch.zeros(2, 8)}
     else:
@@ -68,7 +76,7 @@ def test_save_load_and_step_give_identical_frames(family, tmp_path):
     assert loaded.default_temperature == world.default_temperature
     mine, theirs = play(world), play(loaded)
     for a, b in zip(mine, theirs):
-        assert a.dtype == np.uint8 and a.shape == ((240, 256, 3) if family in train.TOKEN_DYNAMICS else (80, 80))
+        assert a.dtype == np.uint8 and a.shape == ((240, 256, 3) if tokens(family) else (80, 80))
         assert np.array_equal(a, b)
     assert all(np.array_equal(a, b) for a, b in zip(play(loaded), theirs))  # the same seed plays the same frames
     z = loaded.step(loaded.start("play"), torch.zeros(1, 8), 0.0)[1]
@@ -78,13 +86,13 @@ def test_save_load_and_step_give_identical_frames(family, tmp_path):
     if world.stochastic:  # temperature 0 plays the same frames whatever the random seed
         loaded.default_temperature = 0.0
         assert all(np.array_equal(a, b) for a, b in zip(play(loaded, seed=1), play(loaded, seed=2)))
-    if family in train.TOKEN_DYNAMICS:  # the state bytes' addresses came back with the checkpoint
+    if tokens(family):  # the state bytes' addresses came back with the checkpoint
         assert loaded.dynamics.addresses.tolist() == ADDRESSES
 
 
 def test_main_plays_every_family_through_the_interface(tmp_path):
     import main as play_main
-    for family in ("conv", "tiles", "transformer"):
+    for family in ("conv", "tiles", "transformer", "vq-tiles"):
         directory = str(tmp_path / family)
         build(family, directory)
         result = play_main.main(["--checkpoint", directory, "--headless", "--frames", "3"])

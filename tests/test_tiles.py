@@ -216,7 +216,7 @@ def test_tile_checkpoint_errors(tiny_tile_run, tiny_run, tiny_dataset, tmp_path)
     os.symlink(os.path.join(tiny_run, "export", "dynamics.pt"), mixed / "dynamics.pt")
     with pytest.raises(train.CheckpointError, match="another autoencoder"):
         train.load_world(str(mixed))
-    with pytest.raises(ValueError, match="ae_arch tiles goes with dynamics tiles or transformer"):
+    with pytest.raises(ValueError, match="ae_arch tiles or vqvae goes with dynamics tiles or transformer"):
         train.Config(ae_arch="tiles", dynamics="conv")
     with pytest.raises(ValueError, match="tf_dim a multiple of tf_heads"):
         train.Config(ae_arch="tiles", dynamics="transformer", tf_dim=30, tf_heads=4)

@@ -1,4 +1,5 @@
 """Issue #23, first part: the VQ-VAE tokenizer at native colour beside the patch codebook."""
+import json
 import os
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_dead_codes_restart_at_encoder_outputs():
 
 def test_save_load_gives_identical_tokens_and_frames(tmp_path):
     torch.manual_seed(0)
-    cfg = train.Config(ae_arch="vqvae", vq_codes=32, vq_dim=4, vq_width=8, frame_size=(240, 256))
+    cfg = train.Config(ae_arch="vqvae", dynamics="tiles", vq_codes=32, vq_dim=4, vq_width=8, frame_size=(240, 256))
     vq = train.build_autoencoder(cfg).train()
     f = frames(3)
     vq.loss(torch.from_numpy(f))
@@ -70,6 +71,12 @@ def test_a_coarser_token_grid_and_an_atari_frame():
     assert vq.tokenize(f).shape == (2, 14, 10) and vq.render(vq.tokenize(f)).shape == f.shape
     with pytest.raises(ValueError):
         train.VQVAE(stride=12)
+    cfg = train.Config(ae_arch="vqvae", dynamics="tiles", vq_codes=8, vq_stride=16, frame_size=(210, 160), hidden=8,
+                       conv_blocks=1, state_width=8, history=2)
+    dyn = train.build_dynamics(cfg, 0, [1, 2]).eval()  # the dynamics take the tokenizer's grid and vocabulary
+    assert dyn.grid == (14, 10) and dyn.codes == 8
+    codes, _ = dyn.step(vq.tokenize(f)[None], torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, 8), 0.0)
+    assert codes.shape == (1, 14, 10) and int(codes.max()) < 8
 
 
 def test_the_tokenizer_report_scores_the_patch_codebook_exact_on_its_own_tiles():
@@ -99,6 +106,28 @@ def test_train_py_trains_a_vqvae_tokenizer_and_evaluate_py_compares_it(tiny_data
                              "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "tok")])
     assert os.path.exists(tmp_path / "tok.md") and len(results) == 2
     assert results["checkpoints/tetris/autoencoder.pt"]["exact_tiles"] > 0.99
-    with pytest.raises(SystemExit) as e:  # dynamics on VQ-VAE tokens: not yet
+    # the tile dynamics on the VQ-VAE's tokens: trained, exported, loaded as a TileWorld and scored by evaluate.py
+    train.main(common + vq[:-1] + [out, "--stage", "dynamics", "--dynamics", "tiles", "--history", "2", "--hidden", "8",
+                                   "--conv-blocks", "1", "--state-width", "16", "--dyn-epochs", "1",
+                                   "--dyn-samples-per-epoch", "16", "--export", str(tmp_path / "export"),
+                                   "--spot-check", ""])
+    cached = [f for f in os.listdir(tmp_path / "cache") if f.startswith("tokens-")]
+    assert len(cached) == 1  # every frame tokenised once, kept for later runs
+    world = train.World.load(str(tmp_path / "export"))
+    assert isinstance(world, train.TileWorld) and isinstance(world.autoencoder, train.VQVAE)
+    assert world.dynamics.codes == 32 and world.dynamics.grid == (30, 32)
+    state, z = world.step(world.start(), torch.zeros(1, 8), temperature=0.0)
+    assert z.shape == (1, 30, 32) and world.show(z).shape == (240, 256, 3)
+    evaluate.main(["--checkpoint", str(tmp_path / "export"), "--dataset", tiny_dataset, "--starts", "2", "--horizons",
+                   "1", "2", "--samples", "0", "--no-plots", "--cache-dir", str(tmp_path / "cache"), "--out",
+                   str(tmp_path / "eval")])
+    with open(tmp_path / "eval.json") as f:
+        scored = json.load(f)["results"]
+    assert {"model", "copy-last-frame", "autoencoder oracle"} <= set(scored)
+    assert all(np.isfinite(v) for v in scored["model"]["1"].values())
+    world.attach(tiny_dataset, str(tmp_path / "cache"))  # evaluate.py's tokens: the cached ones, the tokenizer's own
+    real = train.load_tiles(tiny_dataset, str(tmp_path / "cache")).frames([0, 1])
+    assert torch.equal(world.tokens[:2], world.autoencoder.tokenize(real))
+    with pytest.raises(SystemExit) as e:  # a VQ-VAE with dynamics that do not predict tokens: a one-line error
         train.main(common + ["--ae-arch", "vqvae", "--out", str(tmp_path / "all")])
-    assert "--stage ae" in str(e.value)
+    assert "goes with dynamics tiles or transformer" in str(e.value) and "\n" not in str(e.value)
