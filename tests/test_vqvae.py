@@ -1,4 +1,4 @@
-"""Issue #23, first part: the VQ-VAE tokenizer at native colour beside the patch codebook."""
+"""Issue #23: the VQ-VAE tokenizer at native colour beside the patch codebook, and the tile dynamics on its tokens."""
 import json
 import os
 
@@ -107,10 +107,9 @@ def test_train_py_trains_a_vqvae_tokenizer_and_evaluate_py_compares_it(tiny_data
     assert os.path.exists(tmp_path / "tok.md") and len(results) == 2
     assert results["checkpoints/tetris/autoencoder.pt"]["exact_tiles"] > 0.99
     # the tile dynamics on the VQ-VAE's tokens: trained, exported, loaded as a TileWorld and scored by evaluate.py
-    train.main(common + vq[:-1] + [out, "--stage", "dynamics", "--dynamics", "tiles", "--history", "2", "--hidden", "8",
-                                   "--conv-blocks", "1", "--state-width", "16", "--dyn-epochs", "1",
-                                   "--dyn-samples-per-epoch", "16", "--export", str(tmp_path / "export"),
-                                   "--spot-check", ""])
+    train.main(common + vq + ["--stage", "dynamics", "--dynamics", "tiles", "--history", "2", "--hidden", "8",
+                              "--conv-blocks", "1", "--state-width", "16", "--dyn-epochs", "1",
+                              "--dyn-samples-per-epoch", "16", "--export", str(tmp_path / "export"), "--spot-check", ""])
     cached = [f for f in os.listdir(tmp_path / "cache") if f.startswith("tokens-")]
     assert len(cached) == 1  # every frame tokenised once, kept for later runs
     world = train.World.load(str(tmp_path / "export"))
