@@ -54,14 +54,14 @@ train-transformers: venv
 	$(PY) train.py --config configs/mspacman_transformer.yaml --dataset data/mspacman_train --stage dynamics
 	$(PY) train.py --config configs/mspacman_hybrid.yaml --dataset data/mspacman_train --stage dynamics
 
-# Issue #23: the VQ-VAE tokenizer on each game; on Tetris also the tile dynamics on its tokens (tokenizing the
-# 101,975 training frames once takes about 40 min, kept in .cache); a Tetris tokenizer with 16x16-pixel tokens. About
-# 20 + 40 + 35, 12, 15 and 7 min on one core.
+# Issue #23: the VQ-VAE tokenizer on each game; on Tetris and Ms. Pac-Man also the tile dynamics on its tokens
+# (tokenizing the training frames once takes about 40 and 12 min, kept in .cache); a Tetris tokenizer with 16x16-pixel
+# tokens. About 20 + 40 + 35, 12, 15 and 7 + 12 + 20 min on one core.
 train-vqvae: venv
 	$(PY) train.py --config configs/tetris_vqvae.yaml --dataset data/tetris_train_l0_19
 	$(PY) train.py --config configs/tetris_vqvae.yaml --dataset data/tetris_train_l0_19 --stage ae --vq-stride 16 --vq-decay 0.95 --out runs/tetris_vqvae16
 	$(PY) train.py --config configs/smb_vqvae.yaml --dataset data/smb_train --stage ae
-	$(PY) train.py --config configs/mspacman_vqvae.yaml --dataset data/mspacman_train --stage ae
+	$(PY) train.py --config configs/mspacman_vqvae.yaml --dataset data/mspacman_train
 
 evaluate-tokenizers: venv
 	$(PY) evaluate.py --tokenizers runs/tetris_vqvae runs/tetris_vqvae16 checkpoints/tetris --dataset data/tetris_test --frames 200 --out results/tokenizers_tetris
@@ -76,6 +76,7 @@ evaluate-families: venv
 	$(PY) evaluate.py --game mspacman --checkpoint checkpoints/mspacman --checkpoint runs/mspacman_transformer $(FAMILY_ARGS) --out results/families_mspacman
 	$(PY) evaluate.py --game mspacman --checkpoint runs/mspacman_hybrid --starts 60 --samples 0 --horizons 1 10 30 60 --no-plots --out results/families_mspacman_hybrid
 	$(PY) evaluate.py --game tetris --checkpoint runs/tetris_vqvae $(FAMILY_ARGS) --events 0 --no-plots --out results/families_tetris_vq
+	$(PY) evaluate.py --game mspacman --checkpoint runs/mspacman_vqvae $(FAMILY_ARGS) --no-plots --out results/families_mspacman_vq
 
 # What ships in checkpoints/tetris_latent (phases 2 and 3): the phase 1 autoencoder, fine-tuned with a VGG16
 # perceptual loss and latent noise; VAE dynamics on it (4-step rollouts), then fine-tuned on 12-step
