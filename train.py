@@ -1524,10 +1524,11 @@ class TileWorld(World):
         self.tokens = dataset_tokens(self.autoencoder, cache, cache_dir).long()
         if hasattr(self.autoencoder, "encode_tiles"):
             # the patch codebook on this dataset: the share of tile occurrences it draws exactly (an unseen tile
-            # gets the nearest code), and of distinct tiles (a VQ-VAE's: evaluate.py --tokenizers)
-            with torch.no_grad():
-                codes = self.autoencoder.encode_tiles(cache.table)
-                exact = (self.autoencoder.codebook[codes].numpy() == cache.table).all(axis=(1, 2, 3))
+            # gets the nearest code), and of distinct tiles (a VQ-VAE's: evaluate.py --tokenizers). Each distinct
+            # tile's code is read back from the tokens, not computed a second time
+            codes = torch.zeros(len(cache.table), dtype=torch.long)
+            codes[torch.from_numpy(cache.tile_ids).long().flatten()] = self.tokens.flatten()
+            exact = (self.autoencoder.codebook[codes].numpy() == cache.table).all(axis=(1, 2, 3))
             self.tokenizer_report = {
                 "exact_tile_occurrences": float((exact * cache.counts).sum() / cache.counts.sum()),
                 "exact_distinct_tiles": float(exact.mean()), "distinct_tiles": int(len(exact)),
