@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data data-games train-games evaluate-games train-transformers train-vqvae evaluate-tokenizers evaluate-families train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
+.PHONY: play test venv data data-games train-games evaluate-games evaluate-lockstep ablation-tetris train-transformers train-vqvae evaluate-tokenizers evaluate-families train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -77,6 +77,26 @@ evaluate-families: venv
 	$(PY) evaluate.py --game mspacman --checkpoint runs/mspacman_hybrid --starts 60 --samples 0 --horizons 1 10 30 60 --no-plots --out results/families_mspacman_hybrid
 	$(PY) evaluate.py --game tetris --checkpoint runs/tetris_vqvae $(FAMILY_ARGS) --events 0 --no-plots --out results/families_tetris_vq
 	$(PY) evaluate.py --game mspacman --checkpoint runs/mspacman_vqvae $(FAMILY_ARGS) --no-plots --out results/families_mspacman_vq
+
+# Issue #31: the dream beside the real game on the same buttons (results/lockstep_GAME.md): from one held-out start,
+# driven by the game's own player, by random buttons and by a held-out episode's buttons, 1,800 steps; copy-last-frame, the shipped
+# model at its temperature and at 0, the oracle rows and step exactness. Needs no dataset. About 20-30 min a game.
+LOCKSTEP_ARGS = --lockstep --starts 1 --oracles --step-exactness 300
+evaluate-lockstep: venv
+	$(PY) evaluate.py --game tetris $(LOCKSTEP_ARGS) --out results/lockstep_tetris
+	$(PY) evaluate.py --game smb $(LOCKSTEP_ARGS) --out results/lockstep_smb
+	$(PY) evaluate.py --game mspacman $(LOCKSTEP_ARGS) --out results/lockstep_mspacman
+
+# Issue #31's ablation on Tetris at an equal budget (1,000 batches of 32 model steps: 500 of two self-fed steps, or 125
+# of eight): the shipped model fine-tuned with nothing new (the control), with PlaceAttention, with corrupted inputs,
+# with both, and on 8 self-fed steps; each in about 20 min on one core. Then the lockstep table of all of them beside
+# the shipped model (results/ablation_tetris.md).
+ABLATION_ROWS = tetris_ft_base tetris_ft_place tetris_ft_corrupt tetris_ft_both tetris_ft_unroll
+ablation-tetris: venv
+	for r in $(ABLATION_ROWS); do mkdir -p runs/$$r && cp checkpoints/tetris/autoencoder.pt runs/$$r/ || exit 1; \
+		$(PY) train.py --config configs/ablations/$$r.yaml --dataset data/tetris_train_l0_19 --stage dynamics || exit 1; done
+	$(PY) evaluate.py --game tetris --lockstep --starts 1 --step-exactness 300 --checkpoint checkpoints/tetris \
+		$(foreach r,$(ABLATION_ROWS),--checkpoint runs/$(r)) --out results/ablation_tetris
 
 # What ships in checkpoints/tetris_latent (phases 2 and 3): the phase 1 autoencoder, fine-tuned with a VGG16
 # perceptual loss and latent noise; VAE dynamics on it (4-step rollouts), then fine-tuned on 12-step

@@ -19,6 +19,7 @@ keeps one step ahead, where no pixel changes and so no changed-pixel score can s
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ import torch
 
 from collect import GAMES, bounded
 from train import (CheckpointError, DatasetError, World, changed_mean, context_indices, load_frames, load_lpips,
-                   load_world, pair_indices, past_actions, rollout_from, save_figure)
+                   load_world, pair_indices, past_actions, ram_state, rollout_from, save_figure, to_gray80)
 
 BASELINES = ("copy-last-latent", "copy-last-frame", "autoencoder oracle")
 
@@ -580,6 +581,405 @@ def play_table(args) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------- lockstep: the dream beside the real game
+# Issue #31's measure. From seeded held-out starts the real game (collect.py's emulator) and the dream run side by
+# side on the same buttons; each game's frame probe (collect.py, per game) reads the steered sprite and the game's
+# counters off both. Game knowledge lives in the probes and the button sources only: the dream is stepped through
+# the World interface as main.py plays it.
+LOCKSTEP_HORIZONS = [1, 10, 30, 100, 300, 1800]
+LOCKSTEP_SOURCES = ("player", "random", "recorded")
+PARTED_PX, PARTED_STEPS = 16, 5  # a dream has parted from the real game once its sprite is missing or more than
+                                 # 16 px (two tiles) from the real one for 5 steps running, where the real one shows
+
+
+class RecordedButtons:
+    """A held-out episode's recorded buttons (GAMES[game].heldout_buttons), played from `offset`, round and round."""
+    sees = "ram"
+
+    def __init__(self, path: str, offset: int = 0):
+        self.buttons, self.t = np.load(path).astype(np.uint8), offset
+
+    def __call__(self, ram) -> np.ndarray:
+        self.t += 1
+        return self.buttons[(self.t - 1) % len(self.buttons)]
+
+
+class RealRun:
+    """One real game of a lockstep start: a fresh emulator taken into play by collect.into_play(seed), played
+    `warm` steps by the game's own player (seeded), then by the button source. Whenever the game is out of play
+    (menus, between lives) its start driver presses the buttons, as collect.py records. The probe reads the frames."""
+
+    _warmed: dict = {}  # (game, seed, warm, history, rom) -> the emulator's snapshot and the players' state there
+
+    def __init__(self, game: str, seed: int, warm: int, source: str, history: int, rom: str | None = None):
+        from types import SimpleNamespace
+        from collect import ask, into_play, make_emulator, make_policy
+        self.g, self.ask = GAMES[game], ask
+        self.emu = make_emulator(game, rom)
+        key = (game, seed, warm, history, rom)
+        if key not in self._warmed:  # each start is played into once; every row and source loads its snapshot
+            frame = into_play(self.emu, game, seed)
+            rng = np.random.default_rng([seed, 31])
+            self.driver = self.g.start(rng, SimpleNamespace(frame_skip=self.g.frame_skip, level=0))
+            player = make_policy(self.g.bot, rng, game)
+            self.probe = self.g.probe(self.g.steps_per_second)  # sees the warm-up: Tetris's follows a piece from its spawn
+            self.probe(frame)
+            frames, actions = [frame], [np.zeros(8, np.uint8)]
+            for _ in range(warm):
+                action = self.buttons(player, frame)
+                frame = self.emu.step(action, self.g.frame_skip)
+                self.probe(frame)
+                frames, actions = (frames + [frame])[-history:], (actions + [action])[-history:]
+            self._warmed[key] = (self.emu.save(), copy.deepcopy((self.driver, player, self.probe, frames, actions)))
+        snapshot, players = self._warmed[key]
+        self.emu.load(snapshot)
+        self.driver, player, self.probe, frames, actions = copy.deepcopy(players)
+        frame = frames[-1]
+        self.context = (np.stack(frames), np.stack(actions), self.emu.ram())
+        self.start_frame = self.frame = frame
+        self.start_counts = self.probe.summary()
+        self.policy = {"player": player, "random": make_policy("random", np.random.default_rng([seed, 32]), game),
+                       "recorded": RecordedButtons(self.g.heldout_buttons, warm)}[source]
+        self.frames, self.actions = frames, actions
+
+    def buttons(self, policy, frame) -> np.ndarray:
+        ram = self.emu.ram()
+        return np.asarray(self.ask(policy, ram, frame) if self.g.in_play(ram) else self.driver(ram), np.uint8)
+
+    def step(self) -> np.ndarray:
+        """-> the buttons pressed; the real frame after them is self.frame."""
+        action = self.buttons(self.policy, self.frame)
+        self.frame = self.emu.step(action, self.g.frame_skip)
+        self.probe(self.frame)
+        self.frames, self.actions = self.frames[1:] + [self.frame], self.actions[1:] + [action]
+        return action
+
+
+def tile_hashes(frames: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> (B, H // 8, W // 8) a hash of each whole 8x8 tile, to count exact tiles."""
+    b, h, w, _ = frames.shape
+    t = frames[:, :h // 8 * 8, :w // 8 * 8].reshape(b, h // 8, 8, w // 8, 8, 3).transpose(0, 1, 3, 2, 4, 5)
+    t = np.ascontiguousarray(t).reshape(b, h // 8, w // 8, 192).view(np.uint64)  # 24 words of 8 bytes a tile
+    mix = np.arange(1, 25, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return (t * mix).sum(-1)
+
+
+def lockstep_row(world: World | None, game: str, starts: list, sources, steps: int, temperature: float,
+                 oracle: str = "", rom: str | None = None, threshold: float = 0.1, keep=(), progress=None,
+                 horizons=LOCKSTEP_HORIZONS) -> dict:
+    """One row of the lockstep table: every (start, source) run at once, the dream batched. world None: copy-last-
+    frame (the start frame shown forever). oracle "state": the real game's next state bytes given to the tile head
+    each step and carried on (the model's own tiles); "tiles": the real frames tokenized as the context each step
+    (the model's own state bytes). -> per-run series: sprite (dream, real), changed-pixel L1, exact tiles, the
+    counters at each horizon, ghosts; `keep`: steps whose frames are kept for the strip of the first run."""
+    g = GAMES[game]
+    history = world.history if world is not None else 1
+    runs = [RealRun(game, seed, warm, source, history, rom) for seed, warm in starts for source in sources]
+    b = len(runs)
+    dream_probes = [copy.deepcopy(r.probe) for r in runs]  # the dream's probe has seen what the real one has
+    state = None
+    if world is not None:
+        parts = [world.encode_context(*r.context) for r in runs]
+        state = state_before = tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+    start_gray = to_gray80(np.stack([r.start_frame for r in runs])).astype(np.float32) / 255
+    real_h = g.frame_shape[:2]
+    out = {"sprite_dream": np.full((b, steps, 2), np.nan), "sprite_real": np.full((b, steps, 2), np.nan),
+           "changed_l1": np.full((b, steps), np.nan), "exact_tiles": np.zeros((b, steps)),
+           "ghosts_dream": np.zeros((b, steps)), "ghosts_real": np.zeros((b, steps)),
+           "counters": {str(h): [] for h in horizons if h <= steps}, "strip": {}}
+    still = np.stack([r.start_frame for r in runs])
+    for t in range(steps):
+        actions = np.stack([r.step() for r in runs])
+        real = np.stack([r.frame for r in runs])
+        if world is None:
+            dream = still
+        else:
+            given = None
+            if oracle in ("state", "one step, real next state"):
+                given = torch.from_numpy(np.stack([ram_state(np.frombuffer(r.emu.ram(), np.uint8),
+                                                             world.dynamics.addresses) for r in runs])).long()
+            state, z = world.step(state, torch.from_numpy(actions).float(), temperature,
+                                  **({"next_state": given} if given is not None else {}))
+            dream = np.stack([np.asarray(world.show(z[i:i + 1])) for i in range(b)])[:, :real_h[0], :real_h[1]]
+            if oracle in ("tiles", "one step", "one step, real next state"):
+                real_ctx = [world.encode_context(np.stack(r.frames), np.stack(r.actions), r.emu.ram()) for r in runs]
+                real_ctx = tuple(torch.cat([c[i] for c in real_ctx]) for i in range(len(real_ctx[0])))
+                if oracle != "tiles":  # step exactness: the next codes against the real next frame's tokenization
+                    before, after = state_before[0][:, -1], real_ctx[0][:, -1]
+                    changed = before != after
+                    out.setdefault("step_exact", []).append(
+                        ((z == after) | ~changed).flatten(1).all(1).numpy())
+                    out.setdefault("frame_exact", []).append((z == after).flatten(1).all(1).numpy())
+                    out.setdefault("changed_right", []).append(
+                        [float((z[i] == after[i])[changed[i]].float().mean()) if changed[i].any() else np.nan
+                         for i in range(b)])
+                state = (real_ctx[0],) + tuple(state[1:]) if oracle == "tiles" else real_ctx
+            state_before = state
+        for i, (p, r) in enumerate(zip(dream_probes, runs)):
+            p(dream[i])
+            if p.sprite is not None:
+                out["sprite_dream"][i, t] = p.sprite
+            if r.probe.sprite is not None:
+                out["sprite_real"][i, t] = r.probe.sprite
+            out["ghosts_dream"][i, t] = getattr(p, "ghosts", 0)
+            out["ghosts_real"][i, t] = getattr(r.probe, "ghosts", 0)
+        gd, gr = to_gray80(dream).astype(np.float32) / 255, to_gray80(real).astype(np.float32) / 255
+        out["changed_l1"][:, t] = changed_mean(np.abs(gd - gr), gr, start_gray, threshold)
+        out["exact_tiles"][:, t] = (tile_hashes(dream) == tile_hashes(real)).mean(axis=(1, 2))
+        if str(t + 1) in out["counters"]:
+            out["counters"][str(t + 1)] = [
+                {k: ((p.summary().get(k) or 0) - (r.start_counts.get(k) or 0),
+                     (r.probe.summary().get(k) or 0) - (r.start_counts.get(k) or 0)) for k in g.counters}
+                for p, r in zip(dream_probes, runs)]
+        if t + 1 in keep:
+            out["strip"][t + 1] = (dream[0].copy(), real[0].copy())
+        if progress is not None:
+            progress.update(1)
+    end = []
+    for p, r in zip(dream_probes, runs):  # what happened since the start
+        d, real = p.summary(), r.probe.summary()
+        for key in ("locks_of_4_cells", "locks_measured"):
+            if key in d:
+                d[key] -= r.start_counts[key]
+                real[key] -= r.start_counts[key]
+        end.append((d, real))
+    out["end"] = end
+    return out
+
+
+def parted_step(dream: np.ndarray, real: np.ndarray, px: float = PARTED_PX, run: int = PARTED_STEPS) -> int | None:
+    """(T, 2) sprite centres (NaN: not seen) -> the first step (1-based) of the first stretch of `run` steps on which
+    the real sprite shows and the dream's is missing or more than px away; None if it never parts."""
+    d = np.hypot(*(dream - real).T)
+    off = ~np.isnan(real[:, 0]) & (np.isnan(d) | (d > px))
+    count = 0
+    for t, o in enumerate(off):
+        count = count + 1 if o else 0
+        if count == run:
+            return t - run + 2
+    return None
+
+
+def lockstep_summary(row: dict, horizons: list[int]) -> dict:
+    """Per horizon h: changed-pixel L1 and exact tiles at step h (mean over runs); the share of dream (and real)
+    frames up to h showing the sprite; the sprite's position error over the steps since the previous horizon where
+    the real one shows (median, 90th percentile; a dream that shows none counts as infinitely far); each counter's
+    dream / real ratio (sums over runs); ghosts seen on average up to h. Plus the parting steps."""
+    out, prev = {}, 0
+    sd, sr = row["sprite_dream"], row["sprite_real"]
+    for h in horizons:
+        if h > sd.shape[1]:
+            continue
+        window = slice(prev, h)
+        err = np.hypot(*(sd[:, window] - sr[:, window]).transpose(2, 0, 1))
+        shown = ~np.isnan(sr[:, window, 0])
+        err = np.where(np.isnan(err), np.inf, err)[shown]
+        counters = {}
+        for k in (row["counters"].get(str(h)) or [{}])[0]:
+            dream = sum(c[k][0] for c in row["counters"][str(h)])
+            real = sum(c[k][1] for c in row["counters"][str(h)])
+            counters[k] = {"dream": dream, "real": real, "ratio": dream / real if real else None}
+        out[str(h)] = {
+            "changed_l1": float(np.nanmean(row["changed_l1"][:, h - 1])) if not np.isnan(row["changed_l1"][:, h - 1]).all() else None,
+            "exact_tiles": float(row["exact_tiles"][:, h - 1].mean()),
+            "sprite_visible": float((~np.isnan(sd[:, :h, 0])).mean()),
+            "sprite_visible_real": float((~np.isnan(sr[:, :h, 0])).mean()),
+            "position_error_median": float(np.median(err)) if len(err) else None,
+            "position_error_p90": float(np.percentile(err, 90, method="higher")) if len(err) else None,
+            "ghosts": float(row["ghosts_dream"][:, :h].mean()), "ghosts_real": float(row["ghosts_real"][:, :h].mean()),
+            "counters": counters}
+        prev = h
+    if "step_exact" in row:  # one-step oracle rows: teacher-forced on the real game's frames
+        out["step_exact"] = float(np.mean(row["step_exact"]))
+        out["frame_exact"] = float(np.mean(row["frame_exact"]))
+        out["changed_tiles_right"] = float(np.nanmean(row["changed_right"]))
+    parted = [parted_step(sd[i], sr[i]) for i in range(len(sd))]
+    out["parted"] = parted
+    out["parted_median"] = float(np.median([p if p is not None else np.inf for p in parted]))
+    locks = [(e[0].get("locks_of_4_cells"), e[0].get("locks_measured")) for e in row["end"]]
+    if all(a is not None for a, _ in locks):
+        n = sum(m for _, m in locks)
+        out["locks_of_4_cells"] = sum(a for a, _ in locks) / n if n else None
+    return out
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    if isinstance(v, float) and np.isinf(v):
+        return "∞"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def lockstep_markdown(summaries: dict, horizons: list[int], game: str) -> str:
+    """The lockstep tables: the bars' summary at the last horizon, then one table per measure by horizon."""
+    g = GAMES[game]
+    last = str(max(h for h in horizons if str(h) in next(iter(summaries.values()))))
+    h30 = "30" if "30" in next(iter(summaries.values())) else last
+    counters = list(g.counters)
+    head = (f"| row | {g.sprite_name} visible (dream / real) | position error @{h30}: median / p90 px | "
+            + " | ".join(f"{k} dream / real" for k in counters)
+            + " | parted at step (median) | changed-pixel L1 @100 | exact tiles @100 |"
+            + (" locks adding 4 cells |" if game == "tetris" else "")
+            + (" ghosts seen (dream / real) |" if game == "mspacman" else ""))
+    lines = [f"### Over {last} steps\n", head, "|---" * (head.count("|") - 1) + "|"]
+    exact = {n: s for n, s in summaries.items() if "step_exact" in s}
+    summaries = {n: s for n, s in summaries.items() if "step_exact" not in s}
+    for name, s in summaries.items():
+        e, m = s[last], s[h30]
+        at100 = s.get("100", e)
+        cells = [name, f"{e['sprite_visible']:.1%} / {e['sprite_visible_real']:.1%}",
+                 f"{_fmt(m['position_error_median'], 1)} / {_fmt(m['position_error_p90'], 1)}"]
+        cells += [f"{_fmt(e['counters'][k]['ratio'], 2)} ({e['counters'][k]['dream']} / {e['counters'][k]['real']})"
+                  if k in e["counters"] else "–" for k in counters]
+        cells += [_fmt(s["parted_median"], 0) if not np.isinf(s["parted_median"]) else "never",
+                  _fmt(at100["changed_l1"]), f"{at100['exact_tiles']:.1%}"]
+        if game == "tetris":
+            cells.append(_fmt(s.get("locks_of_4_cells"), 2) if s.get("locks_of_4_cells") is None
+                         else f"{s['locks_of_4_cells']:.0%}")
+        if game == "mspacman":
+            cells.append(f"{e['ghosts']:.2f} / {e['ghosts_real']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    hs = [h for h in horizons if str(h) in next(iter(summaries.values()))]
+    measures = [("changed-pixel L1", lambda x: _fmt(x["changed_l1"])),
+                ("exact tiles", lambda x: f"{x['exact_tiles']:.1%}"),
+                (f"{g.sprite_name} visible in the dream (share of frames so far)", lambda x: f"{x['sprite_visible']:.1%}"),
+                (f"{g.sprite_name} position error, median / p90 px (steps since the last horizon)",
+                 lambda x: f"{_fmt(x['position_error_median'], 1)} / {_fmt(x['position_error_p90'], 1)}")]
+    measures += [(f"{k}, dream / real", lambda x, k=k: _fmt(x["counters"].get(k, {}).get("ratio"), 2)) for k in counters]
+    for title, cell in measures:
+        lines += ["", f"### {title}", "", "| row | " + " | ".join(f"@{h}" for h in hs) + " |",
+                  "|---" * (len(hs) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(cell(s[str(h)]) for h in hs) + " |" for name, s in summaries.items()]
+    if exact:
+        lines += ["", "### Step exactness: one step ahead, teacher-forced on the real game's frames and state", "",
+                  "Codes against the real next frame's tokenization (the tokenizer's own misses do not count).", "",
+                  "| row | steps with every changed tile right | steps with every tile right | changed tiles right |",
+                  "|---|---|---|---|"]
+        lines += [f"| {n} | {s['step_exact']:.1%} | {s['frame_exact']:.1%} | {s['changed_tiles_right']:.1%} |"
+                  for n, s in exact.items()]
+    return "\n".join(lines)
+
+
+def plot_lockstep(rows: dict, path: str, game: str):
+    """Per row, over the steps: the sprite's position error (median over runs; a missing sprite counts as 64 px) and
+    changed-pixel L1 (mean over runs)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for name, row in rows.items():
+        d = np.hypot(*(row["sprite_dream"] - row["sprite_real"]).transpose(2, 0, 1))
+        shown = ~np.isnan(row["sprite_real"][..., 0])
+        d = np.where(np.isnan(d), 64.0, np.minimum(d, 64.0))
+        d = np.where(shown, d, np.nan)
+        steps = np.arange(1, d.shape[1] + 1)
+        with np.errstate(all="ignore"):
+            axes[0].plot(steps, np.nanmedian(d, axis=0), label=name, lw=1)
+            axes[1].plot(steps, np.nanmean(row["changed_l1"], axis=0), label=name, lw=1)
+    axes[0].set(xscale="log", xlabel="step", ylabel="px (64 = missing)",
+                title=f"{GAMES[game].sprite_name}: position error, dream vs real")
+    axes[1].set(xscale="log", xlabel="step", ylabel="changed-pixel L1", title="changed-pixel L1, dream vs real")
+    axes[0].legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def plot_lockstep_strip(rows: dict, path: str):
+    """Dream above real at each kept horizon, for each row's first run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    named = [(n, r["strip"]) for n, r in rows.items() if r["strip"]]
+    hs = sorted(named[0][1])
+    fig, axes = plt.subplots(2 * len(named), len(hs), figsize=(1.6 * len(hs), 3.4 * len(named)), squeeze=False)
+    for i, (name, strip) in enumerate(named):
+        for j, h in enumerate(hs):
+            for k, label in enumerate(("dream", "real")):
+                ax = axes[2 * i + k, j]
+                ax.imshow(strip[h][k])
+                ax.set_xticks([]), ax.set_yticks([])
+                if j == 0:
+                    ax.set_ylabel(f"{name[:22]}\n{label}" if k == 0 else label, fontsize=6)
+                if i == 0 and k == 0:
+                    ax.set_title(f"@{h}", fontsize=8)
+    save_figure(fig, path)
+
+
+def lockstep_table(args, argv) -> dict:
+    """evaluate.py --lockstep: the rows (copy-last-frame; each checkpoint at its shipped temperature and at 0; with
+    --oracles, the first checkpoint given the real state, and given the real tiles), their summaries, the files."""
+    t0 = time.time()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    g = GAMES[args.game]
+    rng = np.random.default_rng([args.seed, 31])
+    starts = [(1000 + 100 * args.seed + i, int(rng.integers(20, 200))) for i in range(args.starts or 3)]
+    sources = args.sources
+    try:
+        worlds = {os.path.normpath(c): load_world(c) for c in args.checkpoint}
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    specs = [("copy-last-frame", None, 0.0, "")]
+    for name, w in worlds.items():
+        temps = [float(getattr(w, "default_temperature", 0.0))] if not w.stochastic else \
+            sorted({float(w.default_temperature), 0.0}, reverse=True)
+        specs += [(f"{name} T={t:g}", w, t, "") for t in temps]
+    if args.oracles:
+        name, w = next(iter(worlds.items()))
+        if hasattr(w.dynamics, "addresses"):
+            specs += [(f"{name} + real state (oracle)", w, 0.0, "state"),
+                      (f"{name} + real tiles (oracle) T={w.default_temperature:g}", w, w.default_temperature, "tiles")]
+        else:
+            print(f"oracles: skipped ({name} keeps no state bytes)")
+    if args.step_exactness:
+        for name, w in worlds.items():
+            if hasattr(w.dynamics, "addresses"):
+                specs += [(f"{name}: one step (real frames and state in) T=0", w, 0.0, "one step"),
+                          (f"{name}: one step, real next state given", w, 0.0, "one step, real next state")]
+    steps = args.lockstep_steps
+    horizons = [h for h in LOCKSTEP_HORIZONS if h <= steps] + ([steps] if steps not in LOCKSTEP_HORIZONS else [])
+    keep = set(horizons)
+    rows, summaries = {}, {}
+    from tqdm import tqdm
+    bar = tqdm(total=len(specs) * steps, desc="lockstep", unit="step", disable=None, file=sys.stderr, leave=False)
+    for label, world, temperature, oracle in specs:
+        bar.set_postfix_str(label[-30:])
+        torch.manual_seed(args.seed)
+        n = min(steps, args.step_exactness) if oracle.startswith("one step") else steps
+        rows[label] = lockstep_row(world, args.game, starts, sources, n, temperature, oracle, args.rom,
+                                   args.change_threshold, keep, bar, horizons)
+        bar.update(steps - n)
+        summaries[label] = lockstep_summary(rows[label], horizons)
+        print(f"{label}: {time.time() - t0:.0f} s", file=sys.stderr)
+    bar.close()
+    command = "python evaluate.py " + " ".join(argv)
+    text = (f"# Lockstep: the dream beside the real game ({g.title})\n\n`{command}`\n\n"
+            f"{len(starts)} held-out starts (collect.into_play seed, then steps of the game's own player: "
+            f"{', '.join(f'{s}+{w}' for s, w in starts)}), each driven by {len(sources)} button sources "
+            f"({', '.join(sources)}): {len(starts) * len(sources)} runs of {steps} steps a row, the real game and the "
+            f"dream on the same buttons; the dream starts from the real game's last {max(w.history for w in worlds.values())} "
+            f"frames and RAM (World.encode_context). The {g.sprite_name} and the counters are read off both sides' "
+            f"frames by {g.probe.__name__}. A dream has parted from the real game at the first of {PARTED_STEPS} "
+            f"steps running on which its {g.sprite_name} is missing or more than {PARTED_PX} px from the real one. "
+            f"Changed-pixel L1: 80x80 grayscale, over the pixels where the real frame differs from the start frame "
+            f"by more than {args.change_threshold}.\n\n" + lockstep_markdown(summaries, horizons, args.game) + "\n")
+    print(text)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    payload = {"command": command, "game": args.game, "starts": starts, "sources": list(sources), "steps": steps,
+               "horizons": horizons, "parted_px": PARTED_PX, "parted_steps": PARTED_STEPS,
+               "rows": summaries, "seconds": time.time() - t0}
+    for path, body in ((args.out + ".md", text), (args.out + ".json", json.dumps(payload, indent=1))):
+        with open(path + ".tmp", "w") as f:
+            f.write(body)
+        os.replace(path + ".tmp", path)
+    if not args.no_plots:
+        plot_lockstep(rows, args.out + "_error.png", args.game)
+        plot_lockstep_strip(rows, args.out + "_strip.png")
+    print(f"wrote {args.out}.md, {args.out}.json" + ("" if args.no_plots else " and plots")
+          + f" in {time.time() - t0:.0f} s")
+    return payload
+
+
 def progress_bar(total: int, desc: str):
     """A tqdm bar on stderr, counted in starts rolled out; off where stderr is not a terminal (logs, pipes,
     tests), as train.py's bars."""
@@ -596,7 +996,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", action="append", default=None,
                    help="directory holding autoencoder.pt and dynamics.pt; repeat to compare models "
                         "(default checkpoints/GAME)")
-    p.add_argument("--starts", type=bounded(int, 1), default=200, help="number of seeded start frames")
+    p.add_argument("--starts", type=bounded(int, 1), default=None,
+                   help="number of seeded start frames (default 200; --lockstep: 3 starts, each run with every --sources)")
     p.add_argument("--horizons", type=bounded(int, 1), nargs="+", default=[1, 5, 10, 30, 60], help="steps ahead to score")
     p.add_argument("--seed", type=bounded(int, 0), default=0, help="seed for the start frames; same seed, same numbers")
     p.add_argument("--change-threshold", type=bounded(float, 0, 1, hi_open=True), default=0.1, help="a pixel changed if it moved more than this")
@@ -622,6 +1023,24 @@ def parse_args(argv=None):
                         "patch codebook, a VQ-VAE) on --frames seeded held-out frames at native colour: tokens a frame, "
                         "exact 8×8 tiles, L1, PSNR, LPIPS, codebook use (OUT.md/.json)")
     p.add_argument("--frames", type=bounded(int, 1), default=200, help="--tokenizers: held-out frames to score")
+    p.add_argument("--lockstep", action="store_true",
+                   help="the dream beside the real game on the same buttons, from held-out starts: the steered sprite "
+                        "(visible, position error), the game's counters (dream / real), exact tiles and changed-pixel "
+                        "L1 at 1-1800 steps; copy-last-frame and each --checkpoint at its temperature and at 0 (make "
+                        "evaluate-lockstep)")
+    p.add_argument("--lockstep-steps", type=bounded(int, 1), default=1800, help="--lockstep: steps a run (30 a second)")
+    p.add_argument("--sources", nargs="+", default=list(LOCKSTEP_SOURCES), choices=LOCKSTEP_SOURCES,
+                   help="--lockstep: button sources: the game's own player, seeded random buttons, a held-out "
+                        "episode's recorded buttons")
+    p.add_argument("--oracles", action="store_true",
+                   help="--lockstep: add the first checkpoint given the real game's state bytes each step, and given "
+                        "the real tiles each step (which half loses the sprite)")
+    p.add_argument("--step-exactness", type=bounded(int, 0), default=0, metavar="STEPS",
+                   help="--lockstep: also score each tile world one step ahead, teacher-forced on the real game's "
+                        "frames and state bytes over the first STEPS steps of each run: the share of steps on which "
+                        "every tile that changes is right (against the real next frame's tokenization), with its own "
+                        "next state and given the real one")
+    p.add_argument("--rom", default=None, help="--lockstep: the ROM file, if not the one in the game's pip package")
     p.add_argument("--autoencoder-figures", action="store_true",
                    help="also write OUT_reconstructions.png and OUT_edge_cases.png (needs the dataset's RAM column)")
     args = p.parse_args(argv)
@@ -687,6 +1106,9 @@ def main(argv=None):
         return tokenizer_table(args, argv)
     if args.play:
         return play_table(args)
+    if args.lockstep:
+        return lockstep_table(args, argv)
+    args.starts = args.starts or 200
     torch.set_flush_denormal(True)  # subnormal numbers as zero: see train.main
     torch.manual_seed(args.seed)
     t0 = time.time()

@@ -115,6 +115,11 @@ class Config:
     tf_conv_blocks: int = 0            # transformer dynamics: dilated 3×3 conv blocks before the tokens (0: none)
     min_p: float = 0.2                 # tile dynamics: at temperature > 0 play samples a byte's change among those at
                                        # least this share as likely as its likeliest (min-p sampling)
+    place_heads: int = 0               # tile dynamics: attention heads by which each tile reads the next state's bytes,
+                                       # its row and column asking (PlaceAttention); 0 = none
+    corrupt: float = 0.0               # tile dynamics: in training, this share of the input tiles and of the state bytes
+                                       # is replaced by ones drawn from elsewhere in the batch (corrupt_inputs), so the
+                                       # model learns to repair its own drift (GameNGen's context noise, in tokens)
 
     def __post_init__(self):
         self.frame_size = tuple(int(v) for v in self.frame_size)
@@ -156,6 +161,8 @@ class Config:
             raise ValueError(f"flow dynamics need ae_arch spatial, flow_steps >= 1, flow_target delta or "
                              f"latent and flow_noise > 0 (not {self.ae_arch}, {self.flow_steps}, "
                              f"{self.flow_target!r}, {self.flow_noise})")
+        if self.place_heads < 0 or not 0 <= self.corrupt < 1:
+            raise ValueError(f"need place_heads >= 0 and 0 <= corrupt < 1 (not {self.place_heads}, {self.corrupt})")
         if self.dyn_change_weight < 0:
             raise ValueError(f"dyn_change_weight must be >= 0 (not {self.dyn_change_weight})")
 
@@ -1162,6 +1169,43 @@ class ByteMap(nn.Module):
         return torch.einsum("bsw,sk->bwk", e, self.where).view(len(state), -1, *self.grid)
 
 
+class PlaceAttention(nn.Module):
+    """Each tile reads the state bytes by attention, its place asking and each byte's value answering: a tile's query
+    is a learnt embedding of its row plus one of its column (plus a projection of its features), a byte's key and value
+    are learnt embeddings of (byte, value). So "byte s holds v" can mean "here" at the tiles whose row or column
+    embedding matches the key of v, and the place moves with the value, where ByteMap's fixed map cannot: a piece's
+    column byte at 5 lights column 5. No game knowledge: which bytes and which places pair up is learnt.
+    Each byte is weighed on its own, by a sigmoid of its match (less log S, so that S bytes start at a total weight
+    of about one), not by a softmax over the bytes: a softmax's weights sum to one whatever the match, so a tile could
+    not tell "x is here" from "x is elsewhere" when it reads one byte, and only against the other bytes' keys with many.
+    The output layer starts at zero, so a model fine-tuned from one without it starts as that model."""
+
+    def __init__(self, state_size: int, width: int, grid, heads: int = 4, dim: int = 8):
+        super().__init__()
+        self.heads, self.dim, self.grid = heads, dim, tuple(grid)
+        self.rows = nn.Parameter(torch.randn(grid[0], heads * dim) * dim ** -0.5)
+        self.cols = nn.Parameter(torch.randn(grid[1], heads * dim) * dim ** -0.5)
+        self.query = nn.Conv2d(width, heads * dim, 1)
+        self.keys = nn.Embedding(state_size * 256, heads * dim)
+        self.values = nn.Embedding(state_size * 256, heads * dim)
+        self.out = nn.Conv2d(heads * dim, width, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.register_buffer("offsets", torch.arange(state_size) * 256, persistent=False)
+
+    def forward(self, h, state):
+        """features (B, width, rows, cols), state bytes (B, S) -> what each tile read (B, width, rows, cols)."""
+        b, (r, c), hd, d = len(state), self.grid, self.heads, self.dim
+        where = (self.rows[:, None] + self.cols[None]).permute(2, 0, 1)  # (heads * dim, rows, cols)
+        q = (self.query(h) + where).view(b, hd, d, r * c)
+        idx = state.long() + self.offsets
+        k, v = self.keys(idx).view(b, -1, hd, d), self.values(idx).view(b, -1, hd, d)  # (B, S, heads, dim)
+        match = torch.einsum("bhdk,bshd->bhks", q, k) * d ** -0.5  # (B, heads, tiles, S)
+        att = torch.sigmoid(match - math.log(k.shape[1]))
+        read = torch.einsum("bhks,bshd->bhdk", att, v).reshape(b, hd * d, r, c)
+        return self.out(read)
+
+
 class TileDynamics(nn.Module):
     """Next tile codes and next state bytes from the last `history` code maps, the state bytes and the buttons; no
     game knowledge: the bytes are the ones choose_state_bytes picked, known by address only.
@@ -1188,7 +1232,7 @@ class TileDynamics(nn.Module):
     stochastic = True
 
     def __init__(self, codes: int, addresses, history: int = 2, width: int = 48, blocks: int = 8,
-                 state_width: int = 0, min_p: float = 0.2, grid=tile_grid(NES_FRAME)):
+                 state_width: int = 0, min_p: float = 0.2, grid=tile_grid(NES_FRAME), place_heads: int = 0):
         super().__init__()
         self.grid = tuple(grid)  # the frame's tiles (rows, cols): 30×32 on the NES
         self.addresses = np.asarray(addresses, dtype=np.int64)
@@ -1213,6 +1257,8 @@ class TileDynamics(nn.Module):
         self.copy_bonus = nn.Parameter(torch.tensor(4.0))
         self.register_buffer("offsets", torch.arange(s) * 256, persistent=False)
         self.register_buffer("value_support", torch.ones(s, 256, dtype=torch.bool), persistent=False)
+        # the tile head's read of the next state by place (PlaceAttention); 0 heads: none (the models before #31)
+        self.place = PlaceAttention(s, width, self.grid, place_heads) if place_heads else None
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int = 0, addresses=None) -> "TileDynamics":
@@ -1221,7 +1267,7 @@ class TileDynamics(nn.Module):
                              "checkpoint as state_addresses)")
         codes, grid = token_space(cfg)
         return cls(codes, addresses, cfg.history, cfg.hidden, state_width=cfg.state_width, min_p=cfg.min_p,
-                   grid=grid, **cls.trunk_options(cfg))
+                   grid=grid, place_heads=cfg.place_heads, **cls.trunk_options(cfg))
 
     @staticmethod
     def trunk_options(cfg: "Config") -> dict:
@@ -1253,6 +1299,8 @@ class TileDynamics(nn.Module):
     def tile_features(self, h, next_state):
         """Trunk features and the next state (B, S) -> per-tile features (B, 30 * 32, width)."""
         h = h + self.next_state_embed(next_state.long() + self.offsets).sum(1)[:, :, None, None]
+        if self.place is not None:
+            h = h + self.place(h, next_state)
         h = self.out_blocks(h + self.byte_map_next(next_state))
         return F.gelu(self.out_norm(h)).flatten(2).transpose(1, 2)
 
@@ -1327,14 +1375,17 @@ class TileDynamics(nn.Module):
         return torch.multinomial(probs.flatten(0, 1), 1).view(logits.shape[:2])
 
     @torch.no_grad()
-    def step(self, tokens, state, a_hist, temperature: float = 1.0):
+    def step(self, tokens, state, a_hist, temperature: float = 1.0, next_state=None):
         """-> next codes (B, 30, 32) and next state (B, S): the state first (sample_changes), then the likeliest
-        code of every tile given it."""
+        code of every tile given it. next_state (B, S) given: the tile head draws given those bytes instead (an
+        oracle row of evaluate.py --lockstep feeds the real game's)."""
         h, state_logits = self.trunk(tokens, state, a_hist)
-        values = (state.long()[:, :, None] + torch.arange(256, device=state.device)) % 256  # each change's value
-        allowed = self.value_support[torch.arange(self.state_size, device=state.device)[:, None], values]
-        state_logits = state_logits.masked_fill(~allowed, float("-inf"))
-        next_state = (state.long() + self.sample_changes(state_logits, temperature)) % 256
+        if next_state is None:
+            values = (state.long()[:, :, None] + torch.arange(256, device=state.device)) % 256  # each change's value
+            allowed = self.value_support[torch.arange(self.state_size, device=state.device)[:, None], values]
+            state_logits = state_logits.masked_fill(~allowed, float("-inf"))
+            next_state = (state.long() + self.sample_changes(state_logits, temperature)) % 256
+        next_state = next_state.long()
         codes = self.tile_logits(h, tokens, next_state).argmax(-1)
         return codes.view(len(tokens), *self.grid), next_state.to(state.dtype)
 
@@ -1354,8 +1405,8 @@ class TileTransformer(TileDynamics):
 
     def __init__(self, codes: int, addresses, history: int = 2, width: int = 48, dim: int = 128, layers: int = 4,
                  heads: int = 4, patch: int = 2, state_width: int = 0, min_p: float = 0.2,
-                 grid=tile_grid(NES_FRAME), local_blocks: int = 0):
-        super().__init__(codes, addresses, history, width, local_blocks, state_width, min_p, grid)
+                 grid=tile_grid(NES_FRAME), local_blocks: int = 0, place_heads: int = 0):
+        super().__init__(codes, addresses, history, width, local_blocks, state_width, min_p, grid, place_heads)
         self.patch = patch
         self.padded = tuple(-(-n // patch) * patch for n in self.grid)  # the grid padded to whole patches
         n_tokens = self.padded[0] * self.padded[1] // patch ** 2
@@ -1558,10 +1609,13 @@ class TileWorld(World):
                 a_past.to(self.device))
 
     @torch.no_grad()
-    def step(self, state, action, temperature: float = 1.0):
+    def step(self, state, action, temperature: float = 1.0, next_state=None):
+        """next_state (B, S) given (an oracle: the real game's bytes): the tiles are drawn given it, and it is the
+        state carried on."""
         tokens, hidden, a_hist = state
         a_hist = torch.cat([a_hist[:, 1:], action.to(self.device).float()[:, None]], dim=1)
-        z, hidden = self.dynamics.step(tokens, hidden, a_hist, temperature)
+        given = None if next_state is None else torch.as_tensor(next_state).to(self.device)
+        z, hidden = self.dynamics.step(tokens, hidden, a_hist, temperature, given)
         return (torch.cat([tokens[:, 1:], z[:, None]], dim=1), hidden, a_hist), z
 
 
@@ -2416,7 +2470,7 @@ def load_init_dynamics(model: nn.Module, init: nn.Module) -> list[str]:
     except RuntimeError as e:
         lines = str(e).splitlines()
         raise ValueError(lines[1].strip() if len(lines) > 1 else str(e)) from None
-    new = [k for k in missing if not k.startswith(("time.", "freqs", "gate."))]
+    new = [k for k in missing if not k.startswith(("time.", "freqs", "gate.", "place."))]
     unexpected = [k for k in unexpected if not k.startswith(getattr(init, "training_only", ()) or "\0")]
     if new or unexpected:
         raise ValueError(f"missing {new[:3]}, unexpected {unexpected[:3]}")
@@ -2665,6 +2719,24 @@ def tile_batch(tokens, cache: TileCache, rows: np.ndarray, history: int, episode
             "next_state": torch.from_numpy(ram_state(cache.ram[rows + 1], addresses)).long()}
 
 
+def corrupt_inputs(batch: dict, rate: float) -> dict:
+    """Training's context noise in token space (cfg.corrupt): each input tile of the K code maps and each state byte
+    is, with probability `rate`, replaced by one drawn from elsewhere in the batch (a tile by the code of a random
+    tile of a random sample, so codes come as often as the screens show them; a byte by the same byte of a random
+    sample, so only values it takes). The targets stay the real next frame and state: the model learns to repair
+    what its own drift feeds it, instead of copying it. rate 0: the batch as it is."""
+    if rate <= 0:
+        return batch
+    tokens, state = batch["tokens"], batch["state"]
+    flat = tokens.flatten()
+    drawn = flat[torch.randint(len(flat), tokens.shape, device=flat.device)]
+    tokens = torch.where(torch.rand(tokens.shape, device=flat.device) < rate, drawn, tokens)
+    other = state[torch.randint(len(state), state.shape, device=state.device),
+                  torch.arange(state.shape[1], device=state.device)]
+    state = torch.where(torch.rand(state.shape, device=state.device) < rate, other, state)
+    return batch | {"tokens": tokens, "state": state}
+
+
 def start_row(cache, rows: np.ndarray, step: int = 10) -> int:
     """Game-agnostic: where play starts from. Of the frames `step` steps into each episode (among `rows`' episodes),
     the typical one: the medoid, which shares the most tiles with the others (a game under way, where most
@@ -2732,7 +2804,12 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: nn.Module, a
                 or type(init) is not type(model) or not np.array_equal(init.addresses, addresses):
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: not tile dynamics trained on this run's "
                              f"tile autoencoder and state bytes")
-        model.load_state_dict(init.state_dict())
+        try:
+            fresh = load_init_dynamics(model, init)
+        except ValueError as e:
+            raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: does not fit this model: {e}") from None
+        if fresh:
+            print(f"--init-dynamics: {len(fresh)} tensors start fresh ({', '.join(sorted({k.split('.')[0] for k in fresh}))})")
     states = ram_state(cache.ram, addresses)  # (N, S): the state bytes of every row, not copies of the whole RAM
     weights = rare_weights(states[train_rows], states[train_rows + 1], cfg.rare_power, cfg.rare_max_weight)
     p = weights / weights.sum()
@@ -2741,7 +2818,8 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: nn.Module, a
           f"{np.median(weights):.1f}); the 5% most surprising steps are {p[top].sum():.1%} of the draws")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.dyn_lr, weight_decay=0.01)
     state_path, log, start = resume_tile_run(model, opt, out, cfg, ["state_min_change", "rare_power",
-                                                                    "rare_max_weight", "min_p"])
+                                                                    "rare_max_weight", "min_p", "place_heads",
+                                                                    "corrupt"])
     sched = cosine_schedule(opt, cfg.dyn_epochs, cfg.dyn_lr, start)
     per_epoch = cfg.dyn_samples_per_epoch or len(train_rows)
     val = np.random.default_rng(cfg.seed).choice(val_rows, min(len(val_rows), 1000), replace=False)
@@ -2753,7 +2831,8 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: nn.Module, a
             if k:
                 batch = DIST.to(batch_of(rows + k)) | {"tokens": torch.cat([batch["tokens"][:, 1:], res[2][:, None]],
                                                                            dim=1), "state": res[3]}
-            res = m.loss(batch, change_weight=cfg.dyn_change_weight, feed=k + 1 < cfg.unroll)
+            res = m.loss(corrupt_inputs(batch, cfg.corrupt), change_weight=cfg.dyn_change_weight,
+                         feed=k + 1 < cfg.unroll)
             loss = loss + res[0] / cfg.unroll
         return loss, res[1]
 

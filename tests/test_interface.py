@@ -14,6 +14,8 @@ FAMILIES = {  # family -> Config overrides: tiny models of each
     "conv": dict(ae_arch="spatial", dynamics="conv", hidden=8, conv_blocks=2),
     "flow": dict(ae_arch="spatial", dynamics="flow", hidden=8, conv_blocks=2, flow_steps=2, temperature=1.0),
     "tiles": dict(ae_arch="tiles", dynamics="tiles", hidden=8, conv_blocks=1, state_width=16, tile_codes=16),
+    "tiles-place": dict(ae_arch="tiles", dynamics="tiles", hidden=8, conv_blocks=1, state_width=16, tile_codes=16,
+                        place_heads=2),  # the tile head's read of the next state by place (issue #31)
     "transformer": dict(ae_arch="tiles", dynamics="transformer", hidden=8, tf_dim=16, tf_layers=1, tf_heads=2,
                         tf_conv_blocks=1, state_width=16, tile_codes=16),  # (the hybrid: a conv block, then attention)
     "vq-tiles": dict(ae_arch="vqvae", dynamics="tiles", hidden=8, conv_blocks=1, state_width=16, vq_codes=16, vq_dim=4,
