@@ -30,7 +30,7 @@ import torch
 
 from collect import GAMES, bounded
 from train import (CheckpointError, DatasetError, World, changed_mean, context_indices, load_frames, load_lpips,
-                   load_world, pair_indices, past_actions, ram_state, rollout_from, save_figure, to_gray80)
+                   load_world, pair_indices, past_actions, ram_state, rollout_from, save_figure, to_gray80, writable, MAX_TEMPERATURE)
 
 BASELINES = ("copy-last-latent", "copy-last-frame", "autoencoder oracle")
 
@@ -1008,7 +1008,9 @@ def parse_args(argv=None):
                    help="roll out without the checkpoints' data-derived priors (a tile world's value vocabulary)")
     p.add_argument("--samples", type=bounded(int, 0), default=5,
                    help="stochastic models: seeded samples per start for the mean-of-k and best-of-k rows (0 = none)")
-    p.add_argument("--temperature", type=bounded(float, 0), default=1.0, help="stochastic models: temperature of those samples")
+    p.add_argument("--temperature", type=bounded(float, 0, MAX_TEMPERATURE), default=1.0,
+                   help=f"stochastic models: temperature of those samples, 0 to {MAX_TEMPERATURE:g} (0: the likeliest, "
+                        "deterministic; 1: the model's own probabilities; above 1: flatter, more surprise)")
     p.add_argument("--events", type=bounded(int, 0), default=300,
                    help="score one-step predictions on up to this many pairs per kind of event (gravity, soft drop, "
                         "shift, rotate, lock/clear/spawn), found from the dataset's RAM column; 0 = skip")
@@ -1102,6 +1104,7 @@ def tokenizer_table(args, argv) -> dict:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    writable(args.out, "--out")  # an unwritable place stops here, before the rollouts
     if args.tokenizers:
         return tokenizer_table(args, argv)
     if args.play:

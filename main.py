@@ -28,7 +28,8 @@ import torch
 
 from collect import (ACTION_NAMES, GAMES, PROBES, FrameBot, RandomPolicy, bounded, find_rom, into_play,
                      keys_to_action, make_emulator)
-from train import CheckpointError, World, changed_mean, load_frames, load_world, save_figure, to_gray80
+from train import (CheckpointError, World, changed_mean, load_frames, load_world, save_figure, to_gray80, writable,
+                   MAX_TEMPERATURE)
 
 # the keys beside the game's buttons (collect.keymap): pygame's K_ name -> (control, key as shown, what it does)
 CONTROLS = {"p": ("pause", "P", "pause / play"), "n": ("step", "N", "one step while paused"),
@@ -215,7 +216,7 @@ class Session:
             self.reset()
         elif name in ("colder", "warmer"):
             step = 0.1 if name == "warmer" else -0.1
-            self.env.temperature = round(min(1.0, max(0.0, self.env.temperature + step)), 2)
+            self.env.temperature = round(min(MAX_TEMPERATURE, max(0.0, self.env.temperature + step)), 2)
         elif name == "real":
             self.real = None if self.real is not None else RealGame(self.game, self.seed, self.env.world.history,
                                                                     self.rom)
@@ -557,7 +558,8 @@ class Recorder:
         else:
             if not self.frames:
                 return None
-            write_gif(self.frames, self.tmp, self.fps)
+            write_gif(self.frames, self.path, self.fps)  # atomic itself
+            return self.path
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         os.replace(self.tmp, self.path)
         return self.path
@@ -908,8 +910,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=bounded(int, 0), default=0,
                    help="seed for --actions random, for sampling and for the real game's start (--real)")
     p.add_argument("--temperature", type=float, default=None,
-                   help="stochastic dynamics: 0 = deterministic .. 1 = full samples (default: the checkpoint's; "
-                        "keys - and = change it while playing)")
+                   help=f"stochastic dynamics, 0 to {MAX_TEMPERATURE:g}: 0 = always the likeliest next frame "
+                        "(deterministic); 1 = samples from the model's own probabilities; above 1 = flatter than the "
+                        "model's, more surprise (World Models found 1.15 best for its dream) (default: the checkpoint's; "
+                        "keys - and = change it by 0.1 while playing, over the same range)")
     p.add_argument("--flow-steps", type=int, default=None,
                    help="flow dynamics: Euler steps per frame (default: the checkpoint's); fewer play faster")
     p.add_argument("--fps", type=bounded(int, 0), default=None,
@@ -1070,12 +1074,17 @@ def main(argv=None):
         args.actions = args.actions or "random"
     if args.flow_steps is not None and args.flow_steps < 1:
         raise SystemExit(f"error: --flow-steps {args.flow_steps}: must be >= 1")
-    if args.temperature is not None and not 0 <= args.temperature <= 1:
-        raise SystemExit(f"error: --temperature {args.temperature}: must be between 0 and 1")
+    if args.temperature is not None and not 0 <= args.temperature <= MAX_TEMPERATURE:
+        raise SystemExit(f"error: --temperature {args.temperature}: must be between 0 and {MAX_TEMPERATURE:g}")
     if args.stats and not args.sheet_seconds > 0:
         raise SystemExit(f"error: --sheet-seconds {args.sheet_seconds}: must be > 0")
     if args.record:
         Recorder(args.record, 30)  # a bad path or a missing encoder stops here, before the model loads
+    for flag, path in (("--record", args.record), ("--stats", args.stats), ("--benchmark-out", args.benchmark_out)):
+        if path:
+            writable(path, flag)  # an unwritable place stops here, before a minute of play is lost
+    if args.shots != SHOTS:
+        writable(args.shots, "--shots", directory=True)
     if args.actions not in (None, "random", "bot"):
         read_actions(args.actions)  # a bad file stops here, before the model loads or a window opens
     if args.real:

@@ -21,6 +21,7 @@ import os
 import pickle
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -167,13 +168,27 @@ class Config:
             raise ValueError(f"dyn_change_weight must be >= 0 (not {self.dyn_change_weight})")
 
 
+MAX_TEMPERATURE = 2.0  # play's temperatures run 0 (deterministic) to 2; World Models played its dream best at 1.15
+
+
 def load_config(path: str | None, overrides: dict) -> Config:
     """YAML file (optional) then command-line overrides; unknown keys are errors."""
     values = {}
     if path:
         import yaml
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
+        try:
+            with open(path) as f:
+                values = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise SystemExit(f"error: --config {path}: cannot read it ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise SystemExit(f"error: --config {path}{where}: not valid YAML: {what}") from None
+        if not isinstance(values, dict):
+            raise SystemExit(f"error: --config {path}: holds a {type(values).__name__}, not a mapping of config keys "
+                             f"to values (key: value, one a line)")
         known = {f.name for f in dataclasses.fields(Config)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -657,6 +672,23 @@ def spot_check(cache: FrameCache, rows: np.ndarray, path: str, seed: int = 0, n:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def writable(path: str, flag: str, directory: bool = False) -> str:
+    """Check before any work that `path` (a file, or with directory=True a folder) can be written: its folder is made
+    if missing; -> path. Else a one-line SystemExit naming the flag, the path and why."""
+    folder = path if directory else (os.path.dirname(path) or ".")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: {flag} {path}: cannot make its folder {folder} ({e.strerror})") from None
+    try:  # a real file, not os.access: root passes every access check, and /proc takes no new files even so
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise SystemExit(f"error: {flag} {path}: cannot write in its folder {folder} ({e.strerror})") from None
+    if not directory and os.path.isdir(path):
+        raise SystemExit(f"error: {flag} {path}: is a folder, not a file")
+    return path
 
 
 def atomic_json(path: str, obj):
@@ -3012,7 +3044,9 @@ def main(argv=None):
     if ns.benchmark:
         print(json.dumps(benchmark(cfg), indent=1))
         return
-    out = cfg.out or os.path.join("runs", cfg.name)
+    out = writable(cfg.out or os.path.join("runs", cfg.name), "--out", directory=True)
+    if cfg.export:
+        writable(cfg.export, "--export", directory=True)  # a bad path stops here, not after an hour of training
     tiles = cfg.ae_arch in TOKENIZERS  # native frames and the RAM (the tile world), or 80×80 grayscale
     train_ae, train_dyn = (train_tile_autoencoder, train_tile_dynamics) if tiles else (train_autoencoder,
                                                                                       train_dynamics)

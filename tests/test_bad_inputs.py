@@ -266,3 +266,83 @@ def test_evaluate_counts_every_rollout_on_its_bar(tiny_dataset, tiny_run, tmp_pa
                    "--out", str(tmp_path / "e")])
     assert len(bars) == 1 and shown == [True]  # one bar, shown on a terminal
     assert bars[0].total == 6 and bars[0].n == 6  # every start rolled out counted
+
+
+# ----------------------------------------------------------------------------- 6. issue #30: configs, paths, temperatures
+@pytest.mark.parametrize("content,says", [("not a yaml: [", "line 1"), ("name: x\n  bad: indent: here\n", "line 2"),
+                                          ("- a list\n- of things\n", "not a mapping")])
+def test_a_malformed_config_is_a_one_line_error_naming_the_file(tmp_path, content, says):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    with pytest.raises(SystemExit) as err:
+        train.load_config(str(bad), {})
+    assert_one_line(str(err.value), str(bad), says)
+    code, stderr = run_script("train.py", ["--config", str(bad), "--dataset", "nowhere"], tmp_path)
+    assert code != 0 and "Traceback" not in stderr
+    assert_one_line(stderr.strip().splitlines()[-1], str(bad), says)
+
+
+UNWRITABLE = "/proc/nope"  # /proc takes no new files or folders, even as root
+
+
+@pytest.mark.parametrize("flag,path", [("--record", UNWRITABLE + "/play.gif"), ("--stats", UNWRITABLE + "/run"),
+                                       ("--shots", UNWRITABLE + "/shots"), ("--record", "/proc/nope.gif")])
+def test_an_unwritable_output_stops_main_before_play(tmp_path, flag, path):
+    code, stderr = run_script("main.py", ["--headless", "--frames", "10", flag, path], tmp_path)
+    assert code != 0 and "Traceback" not in stderr
+    assert_one_line(stderr.strip().splitlines()[-1], flag, path)
+    assert not os.listdir(tmp_path)  # nothing half-written where it ran
+
+
+@pytest.mark.parametrize("script,argv,flag", [
+    ("train.py", ["--config", os.path.join(ROOT, "configs", "tetris_tiles.yaml"), "--dataset", "nowhere",
+                  "--out", UNWRITABLE + "/run"], "--out"),
+    ("train.py", ["--config", os.path.join(ROOT, "configs", "tetris_tiles.yaml"), "--dataset", "nowhere",
+                  "--export", UNWRITABLE + "/ckpt"], "--export"),
+    ("evaluate.py", ["--out", UNWRITABLE + "/eval"], "--out")])
+def test_an_unwritable_out_or_export_is_a_one_line_error(tmp_path, script, argv, flag):
+    code, stderr = run_script(script, argv, tmp_path)
+    assert code != 0 and "Traceback" not in stderr
+    assert_one_line(stderr.strip().splitlines()[-1], flag, UNWRITABLE)
+
+
+def test_a_gif_recording_is_written_once_through_one_temporary_name(tmp_path, monkeypatch):
+    moves, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: moves.append((os.path.basename(a), os.path.basename(b)))
+                        or real_replace(a, b))
+    rec = play.Recorder(str(tmp_path / "clip.gif"), 30)
+    for i in range(3):
+        rec(np.full((8, 8, 3), 60 * i, np.uint8))
+    assert rec.close() == str(tmp_path / "clip.gif")
+    assert sorted(os.listdir(tmp_path)) == ["clip.gif"]
+    assert len(moves) == 1 and moves[0][1] == "clip.gif" and moves[0][0].count(".tmp-") == 1, moves
+    assert Image.open(tmp_path / "clip.gif").n_frames == 3
+
+
+def test_temperatures_above_one_play_and_above_two_are_refused(tmp_path):
+    assert play.parse_args(["--temperature", "1.5"]).temperature == 1.5
+    assert evaluate.parse_args(["--temperature", "1.15"]).temperature == 1.15
+    with pytest.raises(SystemExit, match="between 0 and 2"):
+        play.main(["--headless", "--frames", "1", "--temperature", "2.5"])
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--temperature", "2.5"])
+    help_text = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--help"], capture_output=True,
+                               text=True, cwd=tmp_path, timeout=60).stdout
+    assert "above 1" in help_text and "0 = always the likeliest" in help_text
+
+
+def test_the_temperature_keys_reach_the_same_range():
+    world = train.load_world("checkpoints/tetris")
+    env = play.NeuralGame(world, temperature=1.9)
+    session = play.Session(env, "tetris")
+    for _ in range(5):
+        session.control("warmer")
+    assert env.temperature == 2.0
+    for _ in range(25):
+        session.control("colder")
+    assert env.temperature == 0.0
+    env.temperature = 1.15
+    session.control("warmer")
+    assert env.temperature == 1.25
+    frames = [env.step(np.zeros(8, np.uint8)) for _ in range(3)]  # plays above 1
+    assert all(f.shape == (240, 256, 3) for f in frames)
