@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data data-games train-games evaluate-games evaluate-lockstep ablation-tetris train-transformers train-vqvae evaluate-tokenizers evaluate-families train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
+.PHONY: play test venv data data-games train-games evaluate-games evaluate-lockstep ablation-tetris probe-sprites train-transformers train-vqvae evaluate-tokenizers evaluate-families train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -156,3 +156,10 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .cache runs
+
+# Issue #31: each game's frame probe of the steered sprite against the RAM, on 4 held-out episodes of its players
+# (results/probe_sprites.md; about 5 min)
+probe-sprites: venv
+	for g in tetris smb mspacman; do $(PY) collect.py --game $$g --episodes 4 --max-steps 600 --seed 1000 --power-on-frac 0 \
+		--workers 1 --out data/$${g}_probe || exit 1; done
+	$(PY) evaluate.py --probe-sprites data/tetris_probe data/smb_probe data/mspacman_probe --out results/probe_sprites

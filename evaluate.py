@@ -784,8 +784,9 @@ def lockstep_summary(row: dict, horizons: list[int]) -> dict:
             "exact_tiles": float(row["exact_tiles"][:, h - 1].mean()),
             "sprite_visible": float((~np.isnan(sd[:, :h, 0])).mean()),
             "sprite_visible_real": float((~np.isnan(sr[:, :h, 0])).mean()),
-            "position_error_median": float(np.median(err)) if len(err) else None,
-            "position_error_p90": float(np.percentile(err, 90, method="higher")) if len(err) else None,
+            # quantiles of the values themselves (no interpolation: between two infinite errors it gives NaN)
+            "position_error_median": float(np.quantile(err, 0.5, method="inverted_cdf")) if len(err) else None,
+            "position_error_p90": float(np.quantile(err, 0.9, method="inverted_cdf")) if len(err) else None,
             "ghosts": float(row["ghosts_dream"][:, :h].mean()), "ghosts_real": float(row["ghosts_real"][:, :h].mean()),
             "counters": counters}
         prev = h
@@ -980,6 +981,41 @@ def lockstep_table(args, argv) -> dict:
     return payload
 
 
+def probe_sprites_table(args, argv) -> dict:
+    """evaluate.py --probe-sprites: each dataset's game (its collect.json) -> collect.sprite_agreement, as a table."""
+    from collect import sprite_agreement
+    rows = []
+    for path in args.probe_sprites:
+        info = os.path.join(path, "collect.json")
+        if not os.path.isfile(info):
+            raise SystemExit(f"error: --probe-sprites {path}: no collect.json (record it with collect.py)")
+        with open(info) as f:
+            game = json.load(f).get("game", "tetris")
+        rows.append(sprite_agreement(path, game))
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    command = "python evaluate.py " + " ".join(argv)
+    lines = ["# The steered sprite read off the frames, against the RAM", "", f"`{command}`", "",
+             "Each game's frame probe (games/GAME.py: its `sprite` after each frame) against the sprite's place read "
+             "from the RAM (`GAMES[game].ram_sprite`), frame by frame over recorded episodes. Recall: of the frames "
+             "where the RAM shows the sprite, the share where the probe sees it; precision: of the frames where the "
+             "probe sees it, the share where the RAM shows it; distances where both do.", "",
+             "| game | dataset | frames | both see it | probe only | RAM only | recall | precision | distance median / "
+             "p90 px | within 4 px | within 8 px |", "|---" * 11 + "|"]
+    for r in rows:
+        lines.append(f"| {GAMES[r['game']].title} | `{r['dataset']}` | {r['frames']} | {r['both_see']} | "
+                     f"{r['probe_only']} | {r['ram_only']} | {r['recall']:.1%} | {r['precision']:.1%} | "
+                     f"{r['distance_median_px']:.1f} / {r['distance_p90_px']:.1f} | {r['within_4px']:.1%} | "
+                     f"{r['within_8px']:.1%} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    for path, body in ((args.out + ".md", text), (args.out + ".json", json.dumps({"command": command, "rows": rows},
+                                                                                 indent=1))):
+        with open(path + ".tmp", "w") as f:
+            f.write(body)
+        os.replace(path + ".tmp", path)
+    return {"rows": rows}
+
+
 def progress_bar(total: int, desc: str):
     """A tqdm bar on stderr, counted in starts rolled out; off where stderr is not a terminal (logs, pipes,
     tests), as train.py's bars."""
@@ -1037,6 +1073,9 @@ def parse_args(argv=None):
     p.add_argument("--oracles", action="store_true",
                    help="--lockstep: add the first checkpoint given the real game's state bytes each step, and given "
                         "the real tiles each step (which half loses the sprite)")
+    p.add_argument("--probe-sprites", nargs="+", default=None, metavar="DATASET",
+                   help="check each recorded dataset's frame probe of the steered sprite against its RAM "
+                        "(collect.sprite_agreement; the game from its collect.json) and write the table to OUT.md")
     p.add_argument("--step-exactness", type=bounded(int, 0), default=0, metavar="STEPS",
                    help="--lockstep: also score each tile world one step ahead, teacher-forced on the real game's "
                         "frames and state bytes over the first STEPS steps of each run: the share of steps on which "
@@ -1111,6 +1150,8 @@ def main(argv=None):
         return play_table(args)
     if args.lockstep:
         return lockstep_table(args, argv)
+    if args.probe_sprites:
+        return probe_sprites_table(args, argv)
     args.starts = args.starts or 200
     torch.set_flush_denormal(True)  # subnormal numbers as zero: see train.main
     torch.manual_seed(args.seed)

@@ -2330,6 +2330,8 @@ def save_run_state(path: str, cfg: Config, model: nn.Module, opt, epoch: int, **
 def cosine_schedule(opt, epochs: int, lr: float, start_epoch: int):
     """Cosine decay to 5% of lr over the run, fast-forwarded to start_epoch when resuming."""
     import warnings
+    for group in opt.param_groups:  # a resumed optimiser holds the last epoch's decayed rate: the schedule starts over
+        group["lr"] = group.get("initial_lr", lr)  # from the first rate and steps forward, as the first run did
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=lr * 0.05)
     with warnings.catch_warnings():  # stepping before any optimizer step is the point of fast-forwarding
         warnings.simplefilter("ignore", UserWarning)

@@ -43,6 +43,8 @@ def build(family: str, directory: str):
                  "actions": torch.zeros(2, 8)}
     else:
         start = {"frames": torch.randint(0, 256, (2, 80, 80), dtype=torch.uint8), "actions": torch.zeros(2, 8)}
+    for p in ae.parameters():  # an untrained 80x80 autoencoder draws flat grey (its last layer starts at zero):
+        p.data.add_(torch.randn_like(p) * 0.5)  # nudged, every weight shows in the frames it draws
     latent_dim = int(np.prod(ae.latent_shape))
     dyn = train.build_dynamics(cfg, latent_dim, ADDRESSES if tiles else None)
     for p in dyn.parameters():  # away from the initial values, so that a lost weight would show
@@ -79,6 +81,7 @@ def test_save_load_and_step_give_identical_frames(family, tmp_path):
     mine, theirs = play(world), play(loaded)
     for a, b in zip(mine, theirs):
         assert a.dtype == np.uint8 and a.shape == ((240, 256, 3) if tokens(family) else (80, 80))
+        assert len(np.unique(a)) > 8  # a frame that shows something: a constant one would match whatever the weights
         assert np.array_equal(a, b)
     assert all(np.array_equal(a, b) for a, b in zip(play(loaded), theirs))  # the same seed plays the same frames
     z = loaded.step(loaded.start("play"), torch.zeros(1, 8), 0.0)[1]

@@ -47,6 +47,16 @@ def test_the_sprite_probe_command_line_prints_the_agreement(sprite_sets, capsys)
         collect.main(["--game", "smb", "--probe-sprite", sprite_sets["smb"] + "_missing"])
 
 
+def test_evaluate_writes_the_probe_agreement_table(sprite_sets, tmp_path):
+    out = str(tmp_path / "probes")
+    rows = evaluate.main(["--probe-sprites", sprite_sets["tetris"], sprite_sets["mspacman"], "--out", out])["rows"]
+    assert [r["game"] for r in rows] == ["tetris", "mspacman"]
+    text = open(out + ".md").read()
+    assert "| NES Tetris |" in text and "| Ms. Pac-Man (Atari 2600) |" in text
+    with pytest.raises(SystemExit, match="no collect.json"):
+        evaluate.main(["--probe-sprites", str(tmp_path), "--out", out])
+
+
 def test_tetris_probe_counts_the_cells_each_lock_adds(sprite_sets):
     """The bot's pieces each add 4 cells to the board (less the rows it clears): what the table's 4-cell bar reads."""
     import datasets

@@ -40,6 +40,7 @@ def test_dynamics_starts_near_copy_and_keeps_latents_in_range():
     z_hist, a_hist = z[:4, None].repeat(1, 3, 1), torch.zeros(4, 3, 8)
     delta = dyn(z_hist, a_hist)
     assert delta.shape == (4, 6)
+    assert delta.abs().max() < 0.3 * z.std()  # near copy: the first step moves the latent by a tenth of its usual step
     big = dyn.step(z_hist * 100, a_hist)
     assert (big <= dyn.z_max).all() and (big >= dyn.z_min).all()
 
@@ -59,12 +60,17 @@ def test_unrolled_loss_equals_one_step_loss_for_one_step():
 
 def test_save_load_gives_identical_outputs(tmp_path):
     cfg = train.Config(ae_arch="spatial", ae_width=8, latent_channels=2, history=2, hidden=16)
+    torch.manual_seed(0)
     ae = train.build_autoencoder(cfg).eval()
+    for p in ae.parameters():  # untrained, its last layer is zero and it draws flat grey whatever the rest holds
+        p.data.add_(torch.randn_like(p) * 0.5)
     path = str(tmp_path / "ae.pt")
     train.save_checkpoint(path, "autoencoder", cfg, ae, hash="h")
     loaded, ckpt = train.load_model(path, "autoencoder")
     x = torch.rand(2, 1, 80, 80)
-    assert torch.equal(ae(x), loaded(x))
+    assert ae(x).std() > 1e-3  # it draws something, so a weight lost on the way would show
+    assert torch.equal(ae(x), loaded(x)) and torch.equal(ae.encode(x), loaded.encode(x))
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in ae.state_dict().items())
     assert train.config_from(ckpt) == cfg  # the config round-trips through the checkpoint
     raw = torch.load(path, weights_only=True)  # plain types only
     assert raw["format"] == train.CHECKPOINT_FORMAT and not os.path.exists(path + ".tmp")
@@ -96,14 +102,29 @@ def test_training_run_writes_checkpoints_logs_and_fp16_export(tiny_run):
     assert len(rows) == 1 and np.isfinite(rows[0]["val_loss"])
 
 
-def test_training_resumes_after_the_last_finished_epoch(tiny_dataset, tiny_run, capsys):
-    train.main(["--dataset", tiny_dataset, "--out", tiny_run, "--ae-arch", "spatial", "--ae-width", "8",
-                "--latent-channels", "2", "--change-weight", "5", "--history", "3", "--hidden", "32",
-                "--unroll", "2", "--ae-epochs", "2", "--dyn-epochs", "1", "--batch-size", "32",
-                "--cache-dir", os.path.join(tiny_run, "cache"), "--spot-check", ""])
-    out = capsys.readouterr().out
-    assert "resuming the autoencoder from epoch 1" in out
-    assert len(open(os.path.join(tiny_run, "autoencoder_log.jsonl")).readlines()) == 2
+def test_training_resumes_after_the_last_finished_epoch(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """A run stopped after its first epoch and started again ends with the same weights, bit for bit on the CPU, as
+    a run that was never stopped: the epoch's state (weights, optimiser, schedule) and the per-epoch seeds resume."""
+    args = ["--dataset", tiny_dataset, "--stage", "ae", "--ae-arch", "spatial", "--ae-width", "8",
+            "--latent-channels", "2", "--change-weight", "5", "--ae-epochs", "2", "--batch-size", "32",
+            "--cache-dir", str(tmp_path / "cache"), "--spot-check", ""]
+    train.main(args + ["--out", str(tmp_path / "whole")])
+    real_save = train.save_run_state
+
+    def save_then_stop(*a, **k):
+        real_save(*a, **k)
+        raise KeyboardInterrupt  # the first epoch's state is written, then the run dies
+    monkeypatch.setattr(train, "save_run_state", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args + ["--out", str(tmp_path / "stopped")])
+    monkeypatch.setattr(train, "save_run_state", real_save)
+    capsys.readouterr()
+    train.main(args + ["--out", str(tmp_path / "stopped")])
+    assert "resuming the autoencoder from epoch 1" in capsys.readouterr().out
+    assert len(open(tmp_path / "stopped" / "autoencoder_log.jsonl").readlines()) == 2
+    whole = torch.load(tmp_path / "whole" / "autoencoder.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(tmp_path / "stopped" / "autoencoder.pt", weights_only=True)["state_dict"]
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
 def test_rollout_is_deterministic_and_stays_in_its_episode(tiny_run, tiny_dataset):
