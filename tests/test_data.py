@@ -19,14 +19,18 @@ def cache(tiny_dataset, tmp_path_factory):
     return train.load_frames(tiny_dataset, 80, str(tmp_path_factory.mktemp("cache")))
 
 
-def test_cache_is_uint8_grayscale_sorted_and_reused(tiny_dataset, tmp_path):
+def test_cache_is_uint8_grayscale_sorted_and_reused(tiny_dataset, tmp_path, monkeypatch):
     c1 = train.load_frames(tiny_dataset, 80, str(tmp_path))
     assert c1.frames.dtype == np.uint8 and c1.frames.shape[1:] == (80, 80)
     assert c1.actions.shape == (len(c1.frames), 8)
     assert (np.diff(c1.episodes) >= 0).all()
     files = os.listdir(tmp_path)
     assert len(files) == 1 and files[0].endswith(".npz")
-    c2 = train.load_frames(tiny_dataset, 80, str(tmp_path))
+    def no_decoding(*args):
+        raise AssertionError("decoded the images again instead of reading the cache")
+    with monkeypatch.context() as m:
+        m.setattr(train, "_decode_chunk", no_decoding)
+        c2 = train.load_frames(tiny_dataset, 80, str(tmp_path))
     assert np.array_equal(c1.frames, c2.frames) and c1.fingerprint == c2.fingerprint
     c3 = train.load_frames(tiny_dataset, 40, str(tmp_path))  # other preprocessing, other cache entry
     assert c3.frames.shape[1:] == (40, 40) and len(os.listdir(tmp_path)) == 2

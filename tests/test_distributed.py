@@ -83,8 +83,18 @@ def test_bf16_autocast_trains_the_tile_world(tiny_dataset, tmp_path, monkeypatch
     """--amp bf16 (the GPU path's autocast, here on the CPU): the step runs in bfloat16, the weights stay float32."""
     monkeypatch.setattr(train, "DIST", train.DIST)  # train.main sets it: the other tests get the default back
     out = str(tmp_path / "bf16")
-    train.main(["--dataset", tiny_dataset, "--out", out, "--cache-dir", str(tmp_path / "cache"), "--amp", "bf16"]
-               + TINY_TILES)
+    seen = set()  # the dtypes the tile dynamics' convolutions gave while training
+
+    def spy(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d) and module.training and torch.is_tensor(output):
+            seen.add(output.dtype)
+    hook = torch.nn.modules.module.register_module_forward_hook(spy)
+    try:
+        train.main(["--dataset", tiny_dataset, "--out", out, "--cache-dir", str(tmp_path / "cache"), "--amp", "bf16"]
+                   + TINY_TILES)
+    finally:
+        hook.remove()
+    assert seen == {torch.bfloat16}  # every training convolution ran under the autocast
     row = json.loads(open(os.path.join(out, "dynamics_log.jsonl")).readline())
     assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"]) and row["val_loss"] < 20
     model, _ = train.load_model(os.path.join(out, "dynamics.pt"), "dynamics")

@@ -128,6 +128,21 @@ def test_training_resumes_after_the_last_finished_epoch(tiny_dataset, tmp_path, 
 
 
 def test_rollout_is_deterministic_and_stays_in_its_episode(tiny_run, tiny_dataset):
+    """A rollout's start, its context and its future buttons all come from one episode, also for starts right
+    at an episode's end or start; and the same start and buttons replay the same frames."""
+    import evaluate
+    episodes = np.repeat([0, 1, 2], [10, 5, 30])  # episode 1 is too short for a horizon of 8
+    starts = evaluate.pick_starts(episodes, 8, 1000, seed=0)
+    assert len(starts) == (10 - 8) + (30 - 8)  # every start that fits, the last 8 steps before each end left out
+    assert (episodes[starts + 8] == episodes[starts]).all() and 1 not in episodes[starts]
+    assert 9 - 8 in starts and 44 - 8 in starts  # the latest starts: their horizon ends on the episode's last step
+    episode_start = np.searchsorted(episodes, episodes)
+    ctx = train.context_indices(starts, 4, episode_start)
+    assert (episodes[ctx] == episodes[starts][:, None]).all()  # near an episode's start the first frame repeats
+    assert ctx[starts.tolist().index(15)].tolist() == [15, 15, 15, 15]
+    cache = train.load_frames(tiny_dataset, 80, cache_dir=os.path.join(tiny_run, "cache"))
+    real = evaluate.pick_starts(cache.episodes, 30, 1000, seed=0)
+    assert (cache.episodes[real + 30] == cache.episodes[real]).all()
     world = train.WorldModel.load(os.path.join(tiny_run, "export"))
     state = world.start("play")
     frames = []

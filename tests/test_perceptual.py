@@ -1,4 +1,5 @@
 """LPIPS with the real ImageNet AlexNet weights, loaded offline and safely."""
+import hashlib
 import os
 import pickle
 
@@ -34,8 +35,11 @@ def test_backbone_is_the_real_imagenet_alexnet_not_a_random_one(lpips_alex):
     first = dict(lpips_alex.net.named_parameters())["slice1.0.weight"]
     assert torch.equal(first, weights["features.0.weight"])
     assert weights["features.0.weight"].shape == (64, 3, 11, 11)
-    # fixed values of the genuine torchvision AlexNet conv1 (a random init would not match)
-    assert np.isclose(weights["features.0.weight"].abs().mean().item(), 0.06, atol=0.03)
+    # the genuine torchvision AlexNet conv1, pinned: its first values and the sha256 of all of it
+    conv1 = weights["features.0.weight"]
+    assert conv1.flatten()[:4].tolist() == pytest.approx([0.118640, 0.094069, 0.095435, 0.105151], abs=1e-6)
+    assert hashlib.sha256(conv1.numpy().tobytes()).hexdigest() == \
+        "773e4bd41d838a8fcd8640b53a6456b165a65cd3f778e5e3b3aaaddafa4426e1"
     torch.manual_seed(0)
     import lpips
     rand = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)

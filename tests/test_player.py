@@ -73,10 +73,12 @@ def test_the_real_side_is_what_collect_py_records_for_the_same_buttons(game, tmp
 
 
 def test_lockstep_play_is_deterministic(tetris_env):
+    """At temperature 0 the dream beside the real game replays the same frames whatever torch's seed; at 1 the
+    seed changes the dream (so the first claim is not the seed's doing)."""
     actions = (np.random.default_rng(1).random((40, 8)) < 0.2).astype(np.uint8)
 
-    def run():
-        torch.manual_seed(0)
+    def run(seed: int):
+        torch.manual_seed(seed)
         s = main.Session(tetris_env, "tetris", real=True, seed=3)
         out = []
         for a in actions:
@@ -84,9 +86,16 @@ def test_lockstep_play_is_deterministic(tetris_env):
             out.append((s.dream.copy(), s.real.frame.copy(), s.meter.l1))
         return out
 
-    a, b = run(), run()
+    assert tetris_env.temperature == 0.0
+    a, b = run(0), run(1)
     assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) and x[2] == y[2] for x, y in zip(a, b))
     assert not np.array_equal(a[0][1], a[-1][1])  # the real game moved
+    try:
+        tetris_env.temperature = 1.0
+        c, d = run(0), run(1)
+    finally:
+        tetris_env.temperature = 0.0
+    assert not all(np.array_equal(x[0], y[0]) for x, y in zip(c, d))
 
 
 def test_resync_puts_the_real_frames_and_ram_into_the_dream(tetris_env):
@@ -184,8 +193,26 @@ def test_real_without_a_rom_says_what_to_install(tmp_path, capsys):
     assert ".gif or .mp4" in str(e.value)
 
 
-def test_the_benchmark_measures_idle_and_one_core_busy():
+def test_the_benchmark_measures_idle_and_one_core_busy(monkeypatch):
+    """The busy process runs (it has used CPU time when the benchmark stops it) and is stopped."""
+    busy_ticks, procs, real_busy = [], [], main.busy_core
+
+    def spied_busy():
+        proc = real_busy()
+        real_kill = proc.kill
+
+        def kill():  # its CPU time so far: utime + stime, fields 14 and 15 of /proc/PID/stat, in clock ticks
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            busy_ticks.append(int(fields[11]) + int(fields[12]))
+            real_kill()
+        proc.kill = kill
+        procs.append(proc)
+        return proc
+    monkeypatch.setattr(main, "busy_core", spied_busy)
     result = main.main(["--game", "tetris", "--benchmark", "--frames", "20", "--threads", "1"])
+    assert len(procs) == 1 and procs[0].poll() is not None  # started once, and stopped
+    assert busy_ticks[0] >= 0.25 * os.sysconf("SC_CLK_TCK")  # it spun for at least a quarter of a second
     for key in ("model_only_fps", "full_loop_fps", "one_core_busy_model_only_fps", "one_core_busy_full_loop_fps"):
         assert result[key] > 0
     assert result["torch_threads"] == result["one_core_busy_torch_threads"] == 1 == torch.get_num_threads()

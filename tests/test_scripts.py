@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import evaluate
@@ -95,15 +96,29 @@ def test_no_display_falls_back_to_headless(tiny_run, monkeypatch, capsys):
     assert "no display found" in capsys.readouterr().out
 
 
-def test_temperature_zero_replay_is_deterministic(tiny_run):
+def test_temperature_zero_replay_is_deterministic(tiny_vae_run):
+    """A stochastic model at temperature 0 replays the same frames whatever the random seed; at 1 it does not."""
     import train
-    world = train.WorldModel.load(os.path.join(tiny_run, "export"))
-    env = play.NeuralGame(world)
-    runs = []
-    for _ in range(2):
+    world = train.WorldModel.load(tiny_vae_run)
+    assert world.stochastic
+    env = play.NeuralGame(world, temperature=0.0)
+
+    def replay(seed: int) -> tuple[list, list]:
+        """-> the frames shown and the latents behind them (a tiny autoencoder draws nearly flat frames)."""
+        torch.manual_seed(seed)
         env.reset()
-        runs.append([env.step(np.eye(8, dtype=np.uint8)[t % 8]) for t in range(6)])
-    assert all(np.array_equal(x, y) for x, y in zip(*runs))
+        frames = [env.step(np.eye(8, dtype=np.uint8)[t % 8]) for t in range(6)]
+        torch.manual_seed(seed)
+        state, latents = world.start(), []
+        for t in range(6):
+            state, z = world.step(state, torch.eye(8)[t % 8][None], env.temperature)
+            latents.append(z)
+        return frames, latents
+    (f1, z1), (f2, z2) = replay(1), replay(2)
+    assert all(np.array_equal(x, y) for x, y in zip(f1, f2)) and all(torch.equal(x, y) for x, y in zip(z1, z2))
+    env.temperature = 1.0
+    (_, z1), (_, z2) = replay(1), replay(2)
+    assert not all(torch.equal(x, y) for x, y in zip(z1, z2))
 
 
 def test_events_follow_the_buttons_and_the_ram(tiny_dataset, tiny_run, tmp_path):

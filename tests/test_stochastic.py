@@ -151,7 +151,25 @@ def test_evaluate_reports_mean_and_best_of_k_and_diversity(tiny_dataset, tiny_va
     assert "model" in rows and "copy-last-latent" in rows  # the deterministic row and baselines stay
 
 
+def test_mean_and_best_of_k_are_the_per_sample_scores_averaged_and_picked():
+    """Three samples of two starts with known errors: mean of k averages each start's three L1s, best of k takes
+    each start's smallest, then both average over the starts (recomputed here from the per-sample scores)."""
+    import evaluate
+    real = np.zeros((2, 16, 16))
+    start = np.zeros((2, 16, 16))
+    start[:, :8] = 1.0  # the top half changed: real differs from the start frame there
+    errors = np.array([[0.1, 0.4], [0.3, 0.2], [0.5, 0.6]])  # (k samples, N starts): each a flat error
+    samples = errors[:, :, None, None] + np.zeros((3, 2, 16, 16))
+    fake_lpips = lambda p, r: (p - r).abs().mean((1, 2, 3))  # noqa: E731  (LPIPS itself is tested elsewhere)
+    out = evaluate.sample_metrics(samples, real, start, 0.5, fake_lpips)
+    assert out["mean of k"]["l1"] == pytest.approx(errors.mean(0).mean())
+    assert out["best of k"]["l1"] == pytest.approx(errors.min(0).mean())
+    assert out["best of k"]["changed_l1"] == pytest.approx(errors.min(0).mean())
+    assert out["best of k"]["l1"] < out["mean of k"]["l1"]
+    assert out["diversity"]["pairwise_l1"] == pytest.approx(np.mean([0.2, 0.4, 0.2, 0.2, 0.2, 0.4]))
+
+
 def test_main_refuses_a_temperature_out_of_range(tiny_vae_run):
     import main
-    with pytest.raises(SystemExit, match="--temperature 1.5: must be between 0 and 1"):
-        main.main(["--checkpoint", tiny_vae_run, "--headless", "--frames", "2", "--temperature", "1.5"])
+    with pytest.raises(SystemExit, match="--temperature 2.5: must be between 0 and 2"):
+        main.main(["--checkpoint", tiny_vae_run, "--headless", "--frames", "2", "--temperature", "2.5"])

@@ -286,9 +286,16 @@ def test_the_model_path_names_no_game(capsys):
     main.py --help offers no rule switch."""
     import re
     root = os.path.join(os.path.dirname(__file__), "..")
+    # an integer index into an array named for the RAM (ram[64], cache.ram[:, 65], dream_ram[..., 3]); not row 0 of
+    # a column (ram[0]) or a computed row (ram[r + 1])
+    ram_index = re.compile(r"\b(?:\w*_)?ram\w*\[\s*(?:\.\.\.\s*,\s*|:\s*,\s*)?[1-9]\d*\s*[\],:]", re.I)
+    for planted in ("x = ram[64]", "cache.ram[:, 65]", "dream_ram[..., 3]"):
+        assert ram_index.search(planted), planted
     for name in ("train.py", "main.py"):
         src = open(os.path.join(root, name)).read()
         assert not re.search(r"0x[0-9A-Fa-f]+", src), name
+        lines = [line for line in src.splitlines() if ram_index.search(line)]
+        assert not lines, (name, lines[:3])
     assert not re.search(r"^\s*(from collect|import collect)", open(os.path.join(root, "train.py")).read(), re.M)
     import main as play
     with pytest.raises(SystemExit):
