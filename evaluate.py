@@ -890,8 +890,8 @@ def plot_lockstep_strip(rows: dict, path: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    named = [(n, r["strip"]) for n, r in rows.items() if r["strip"]]
-    hs = sorted(named[0][1])
+    hs = sorted(max((r["strip"] for r in rows.values()), key=len))
+    named = [(n, r["strip"]) for n, r in rows.items() if sorted(r["strip"]) == hs]  # not the short one-step rows
     fig, axes = plt.subplots(2 * len(named), len(hs), figsize=(1.6 * len(hs), 3.4 * len(named)), squeeze=False)
     for i, (name, strip) in enumerate(named):
         for j, h in enumerate(hs):
@@ -922,9 +922,9 @@ def lockstep_table(args, argv) -> dict:
         raise SystemExit(f"error: {e}")
     specs = [("copy-last-frame", None, 0.0, "")]
     for name, w in worlds.items():
-        temps = [float(getattr(w, "default_temperature", 0.0))] if not w.stochastic else \
-            sorted({float(w.default_temperature), 0.0}, reverse=True)
-        specs += [(f"{name} T={t:g}", w, t, "") for t in temps]
+        temps = [float(w.default_temperature) if t == "shipped" else float(t) for t in args.lockstep_temperatures] \
+            if w.stochastic else [0.0]
+        specs += [(f"{name} T={t:g}", w, t, "") for t in dict.fromkeys(temps)]
     if args.oracles:
         name, w = next(iter(worlds.items()))
         if hasattr(w.dynamics, "addresses"):
@@ -1023,6 +1023,13 @@ def progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="start", disable=None, file=sys.stderr, leave=False)
 
 
+def temperature_or_shipped(text: str) -> str:
+    """--lockstep-temperatures: 'shipped' or a number from 0 to MAX_TEMPERATURE."""
+    if text != "shipped":
+        bounded(float, 0, MAX_TEMPERATURE)(text)
+    return text
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -1067,6 +1074,9 @@ def parse_args(argv=None):
                         "L1 at 1-1800 steps; copy-last-frame and each --checkpoint at its temperature and at 0 (make "
                         "evaluate-lockstep)")
     p.add_argument("--lockstep-steps", type=bounded(int, 1), default=1800, help="--lockstep: steps a run (30 a second)")
+    p.add_argument("--lockstep-temperatures", nargs="+", default=["shipped", "0"], type=temperature_or_shipped,
+                   help="--lockstep: the temperatures each stochastic checkpoint plays at, a row each ('shipped': "
+                        "the checkpoint's own)")
     p.add_argument("--sources", nargs="+", default=list(LOCKSTEP_SOURCES), choices=LOCKSTEP_SOURCES,
                    help="--lockstep: button sources: the game's own player, seeded random buttons, a held-out "
                         "episode's recorded buttons")

@@ -154,6 +154,8 @@ class TetrisProbe:
             self.piece = np.zeros_like(occ)  # it locked: it is part of the rows being cleared
         elif self.piece.any():
             self.piece = (self.piece & occ) | appeared
+        elif 1 <= n_in <= 4 and n_out <= 4:
+            self.piece = self._floating(occ, appeared)
         self.seen_cells = self.seen_cells or bool(occ.any())
         self.sprite = self.cells_centre(self.piece)
 
@@ -164,6 +166,17 @@ class TetrisProbe:
         if not len(ys):
             return None
         return (cls.ORIGIN[0] + cls.CELL * (ys.mean() + 0.5), cls.ORIGIN[1] + cls.CELL * (xs.mean() + 0.5))
+
+    @staticmethod
+    def _floating(occ: np.ndarray, appeared: np.ndarray) -> np.ndarray:
+        """With no piece followed (lost, or never seen spawning: a probe started mid-game, a dream that dropped it),
+        a small move picks it up again: the cells just appeared, with the 4-connected group of cells they belong to,
+        if that group is a piece's size (4 cells or fewer: free of the stack); else still none."""
+        from scipy.ndimage import label
+        groups, _ = label(occ)
+        ids = np.unique(groups[appeared])
+        piece = np.isin(groups, ids[ids > 0])
+        return piece if 0 < piece.sum() <= 4 else np.zeros_like(occ)
 
     def _emerging(self, appeared: np.ndarray) -> bool:
         """Two cells that appear next to a piece in row 0 are that piece coming down into view (an L, J or I
