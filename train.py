@@ -675,17 +675,19 @@ def spot_check(cache: FrameCache, rows: np.ndarray, path: str, seed: int = 0, n:
 
 
 def writable(path: str, flag: str, directory: bool = False) -> str:
-    """Check before any work that `path` (a file, or with directory=True a folder) can be written: its folder is made
-    if missing; -> path. Else a one-line SystemExit naming the flag, the path and why."""
-    folder = path if directory else (os.path.dirname(path) or ".")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"error: {flag} {path}: cannot make its folder {folder} ({e.strerror})") from None
+    """Check before any work that `path` (a file, or with directory=True a folder) can be written, without writing
+    anything there: a file can be made in its folder, or in the nearest folder above that exists (the rest is made
+    when the output is written); -> path. Else a one-line SystemExit naming the flag, the path and why."""
+    folder = os.path.abspath(path if directory else (os.path.dirname(path) or "."))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise SystemExit(f"error: {flag} {path}: {existing} is a file, not a folder")
     try:  # a real file, not os.access: root passes every access check, and /proc takes no new files even so
-        tempfile.TemporaryFile(dir=folder).close()
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as e:
-        raise SystemExit(f"error: {flag} {path}: cannot write in its folder {folder} ({e.strerror})") from None
+        raise SystemExit(f"error: {flag} {path}: cannot write in {existing} ({e.strerror})") from None
     if not directory and os.path.isdir(path):
         raise SystemExit(f"error: {flag} {path}: is a folder, not a file")
     return path

@@ -129,10 +129,10 @@ def test_the_controls_change_the_session(tetris_env):
     assert not s.paused and s.advance(noop) and s.t == 3
     s.control("step")  # not paused: no pending step
     assert not s.pending_step
-    tetris_env.temperature = 0.95
+    tetris_env.temperature = 1.95
     s.control("warmer")
-    assert tetris_env.temperature == 1.0  # clipped at 1
-    for _ in range(12):
+    assert tetris_env.temperature == 2.0  # clipped at 2
+    for _ in range(22):
         s.control("colder")
     assert tetris_env.temperature == 0.0
     s.control("warmer")
