@@ -80,7 +80,8 @@ evaluate-families: venv
 
 # Issue #31: the dream beside the real game on the same buttons (results/lockstep_GAME.md): from one held-out start,
 # driven by the game's own player, by random buttons and by a held-out episode's buttons, 1,800 steps; copy-last-frame, the shipped
-# model at its temperature and at 0, the oracle rows and step exactness. Needs no dataset. About 20-30 min a game.
+# model at its temperature and at 0, the oracle rows and step exactness. Needs no dataset. About 20, 37 and 30 min
+# (Tetris, SMB, Ms. Pac-Man) on one thread, the box shared.
 LOCKSTEP_ARGS = --lockstep --starts 1 --oracles --step-exactness 300
 evaluate-lockstep: venv
 	$(PY) evaluate.py --game tetris $(LOCKSTEP_ARGS) --out results/lockstep_tetris

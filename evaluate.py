@@ -695,10 +695,9 @@ def lockstep_row(world: World | None, game: str, starts: list, sources, steps: i
         if world is None:
             dream = still
         else:
-            given = None
-            if oracle in ("state", "one step, real next state"):
-                given = torch.from_numpy(np.stack([ram_state(np.frombuffer(r.emu.ram(), np.uint8),
-                                                             world.dynamics.addresses) for r in runs])).long()
+            real_bytes = None if not oracle else torch.from_numpy(np.stack(  # the real game's state bytes now
+                [ram_state(np.frombuffer(r.emu.ram(), np.uint8), world.dynamics.addresses) for r in runs])).long()
+            given = real_bytes if oracle in ("state", "one step, real next state") else None
             state, z = world.step(state, torch.from_numpy(actions).float(), temperature,
                                   **({"next_state": given} if given is not None else {}))
             dream = np.stack([np.asarray(world.show(z[i:i + 1])) for i in range(b)])[:, :real_h[0], :real_h[1]]
@@ -706,8 +705,6 @@ def lockstep_row(world: World | None, game: str, starts: list, sources, steps: i
                 # the real context: the last K real frames' codes (the newest tokenized now, once), the real state
                 # bytes, the buttons (the same on both sides)
                 real_codes = torch.cat([real_codes[:, 1:], world.autoencoder.tokenize(real)[:, None]], 1)
-                real_bytes = torch.from_numpy(np.stack([ram_state(np.frombuffer(r.emu.ram(), np.uint8),
-                                                                  world.dynamics.addresses) for r in runs])).long()
                 real_ctx = (real_codes, real_bytes, state[2])
                 if oracle != "tiles":  # step exactness: the next codes against the real next frame's tokenization
                     before, after = state_before[0][:, -1], real_ctx[0][:, -1]

@@ -126,6 +126,17 @@ class Holds:
         return None
 
 
+def probe_frame(frame, probe: str, native: str, fits) -> np.ndarray:
+    """What a frame probe reads: the frame as uint8 RGB (a model's float frame clipped), or a ValueError naming the
+    probe and the native frame it wants when `fits(frame)` says the shape is not one it can read."""
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+        frame = np.clip(np.nan_to_num(frame), 0, 255).astype(np.uint8)
+    if frame.ndim != 3 or frame.shape[2] != 3 or not fits(frame):
+        raise ValueError(f"{probe} reads {native}, got shape {frame.shape}")
+    return frame
+
+
 # ----------------------------------------------------------------------------- the record of a game
 @dataclass(frozen=True)
 class Game:

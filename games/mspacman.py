@@ -294,11 +294,8 @@ class MsPacmanProbe:
         return n
 
     def __call__(self, frame: np.ndarray):
-        frame = np.asarray(frame)
-        if frame.dtype != np.uint8:
-            frame = np.clip(np.nan_to_num(frame), 0, 255).astype(np.uint8)
-        if frame.ndim != 3 or frame.shape[:2] != (210, 160) or frame.shape[2] != 3:
-            raise ValueError(f"MsPacmanProbe reads native Atari RGB frames (210, 160, 3), got shape {frame.shape}")
+        frame = probe_frame(frame, "MsPacmanProbe", "native Atari RGB frames (210, 160, 3)",
+                            lambda f: f.shape[:2] == (210, 160))
         box = self.player_box(frame)
         self.sprite = None if box is None else ((box[0] + box[1]) / 2, (box[2] + box[3]) / 2)
         self.ghosts = self.ghosts_seen(frame)

@@ -254,11 +254,8 @@ class SmbProbe:
         return bool(light[120:140].sum() >= 40 and light[72:120].sum() == 0)
 
     def __call__(self, frame: np.ndarray):
-        frame = np.asarray(frame)
-        if frame.dtype != np.uint8:
-            frame = np.clip(np.nan_to_num(frame), 0, 255).astype(np.uint8)
-        if frame.ndim != 3 or frame.shape[0] < 240 or frame.shape[1] < 64 or frame.shape[2] != 3:
-            raise ValueError(f"SmbProbe reads native NES RGB frames (240, 256, 3), got shape {frame.shape}")
+        frame = probe_frame(frame, "SmbProbe", "native NES RGB frames (240, 256, 3)",
+                            lambda f: f.shape[0] >= 240 and f.shape[1] >= 64)
         black = self.is_black(frame)
         self.sprite = None if black else self.mario(frame)
         if black and self.game_over_at is None and self.shows_game_over(frame):

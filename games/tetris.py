@@ -102,11 +102,8 @@ class TetrisProbe:
         return self.occ & ~self.piece
 
     def __call__(self, frame: np.ndarray):
-        frame = np.asarray(frame)
-        if frame.dtype != np.uint8:
-            frame = np.clip(np.nan_to_num(frame), 0, 255).astype(np.uint8)
-        if frame.ndim != 3 or frame.shape[0] < 208 or frame.shape[1] < 176 or frame.shape[2] != 3:
-            raise ValueError(f"TetrisProbe reads native NES RGB frames (240, 256, 3), got shape {frame.shape}")
+        frame = probe_frame(frame, "TetrisProbe", "native NES RGB frames (240, 256, 3)",
+                            lambda f: f.shape[0] >= 208 and f.shape[1] >= 176)
         t, self.t = self.t, self.t + 1
         self.still.append(self.prev_frame is not None and still_frames(frame, self.prev_frame))
         self.prev_frame = frame.copy()
