@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data data-games train-games evaluate-games evaluate-lockstep ablation-tetris probe-sprites train-transformers train-vqvae evaluate-tokenizers evaluate-families train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
+.PHONY: play test venv data data-games train-games evaluate-games evaluate-lockstep evaluate-lockstep3 adjust-checkpoints ablation-tetris ablation-tetris-head probe-sprites train-transformers train-vqvae evaluate-tokenizers evaluate-families train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -98,6 +98,39 @@ ablation-tetris: venv
 		$(PY) train.py --config configs/ablations/$$r.yaml --dataset data/tetris_train_l0_19 --stage dynamics || exit 1; done
 	$(PY) evaluate.py --game tetris --lockstep --starts 1 --step-exactness 300 --lockstep-temperatures shipped \
 		$(foreach r,$(ABLATION_ROWS),--checkpoint runs/$(r)) --out results/ablation_tetris
+
+# Issue #31, second round: what ships. Each game's model re-exported with its config's play settings (adjust_state 1:
+# the state head's logit adjustment) and no further training (--dyn-epochs 0: the weights stay as they were), then
+# the lockstep table on 3 held-out starts, each model also played as it was before (--adjust 0 0). About 1 min per
+# export and 20-30 min per game on one core: results/lockstep3_{tetris,smb,mspacman}.md; then one step ahead on the
+# held-out probe sets (make probe-sprites records them): results/one_step_{smb,mspacman}.md (Tetris's is in
+# results/one_step_tetris_heads.md, make ablation-tetris-head).
+adjust-checkpoints: venv
+	for g in tetris smb mspacman; do d=data/$${g}_train; [ $$g = tetris ] && d=data/tetris_train_l0_19; \
+		mkdir -p runs/$${g}_adjusted && cp checkpoints/$$g/autoencoder.pt runs/$${g}_adjusted/ || exit 1; \
+		$(PY) train.py --config configs/$${g}_tiles.yaml --dataset $$d --stage dynamics --dyn-epochs 0 \
+			--init-dynamics checkpoints/$$g/dynamics.pt --out runs/$${g}_adjusted --export checkpoints/$$g || exit 1; done
+
+evaluate-lockstep3: venv
+	for g in tetris smb mspacman; do $(PY) evaluate.py --game $$g --lockstep --starts 3 --lockstep-temperatures shipped \
+		--adjust 0 0 --out results/lockstep3_$$g || exit 1; done
+	for g in smb mspacman; do $(PY) evaluate.py --one-step 600 --dataset data/$${g}_probe --checkpoint checkpoints/$$g \
+		--out results/one_step_$$g || exit 1; done
+
+# Issue #31, second round: the tile head alone trained on (train_only: tile_head, one teacher-forced step, 1,000
+# batches; about 10-20 min each on one core), the shipped trunk and state head shared by every row: the control, every
+# tile scored, and every tile scored without the extra weight on changes; each plays with the state head's logit
+# adjustment, as the shipped model does. Then the one-step table on held-out recorded steps and the lockstep table:
+# results/one_step_tetris_heads.md, results/ablation_tetris_head.md. configs/ablations/tetris_head_{place,product,
+# delta}.yaml are rows stopped at half their budget (see the research log).
+HEAD_ROWS = tetris_head_base tetris_head_all tetris_head_all_cw0
+ablation-tetris-head: venv
+	for r in $(HEAD_ROWS); do mkdir -p runs/$$r && cp checkpoints/tetris/autoencoder.pt runs/$$r/ || exit 1; \
+		$(PY) train.py --config configs/ablations/$$r.yaml --dataset data/tetris_train_l0_19 --stage dynamics || exit 1; done
+	$(PY) evaluate.py --one-step 1000 --dataset data/tetris_probe --checkpoint checkpoints/tetris \
+		$(foreach r,$(HEAD_ROWS),--checkpoint runs/$(r)) --out results/one_step_tetris_heads
+	$(PY) evaluate.py --game tetris --lockstep --starts 1 --lockstep-temperatures shipped --checkpoint checkpoints/tetris \
+		$(foreach r,$(HEAD_ROWS),--checkpoint runs/$(r)) --out results/ablation_tetris_head
 
 # What ships in checkpoints/tetris_latent (phases 2 and 3): the phase 1 autoencoder, fine-tuned with a VGG16
 # perceptual loss and latent noise; VAE dynamics on it (4-step rollouts), then fine-tuned on 12-step

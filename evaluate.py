@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -929,6 +930,12 @@ def lockstep_table(args, argv) -> dict:
         worlds = {os.path.normpath(c): load_world(c) for c in args.checkpoint}
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
+    if args.adjust is not None:  # each tile world also played with another logit adjustment, a row of its own
+        for name, w in list(worlds.items()):
+            if hasattr(w.dynamics, "set_adjust"):
+                other = copy.deepcopy(w)
+                other.dynamics.set_adjust(*args.adjust, w.dynamics.change_weight, w.dynamics.state_weight)
+                worlds[f"{name} adjust {args.adjust[0]:g}/{args.adjust[1]:g}"] = other
     specs = [("copy-last-frame", None, 0.0, "")]
     for name, w in worlds.items():
         temps = [float(w.default_temperature) if t == "shipped" else float(t) for t in args.lockstep_temperatures] \
@@ -987,6 +994,122 @@ def lockstep_table(args, argv) -> dict:
         plot_lockstep_strip(rows, args.out + "_strip.png")
     print(f"wrote {args.out}.md, {args.out}.json" + ("" if args.no_plots else " and plots")
           + f" in {time.time() - t0:.0f} s")
+    return payload
+
+
+@torch.no_grad()
+def one_step_report(world, dataset: str, n: int, cache_dir: str = ".cache") -> dict:
+    """Teacher-forced one step on n held-out recorded steps (spread evenly over the dataset), against the real next
+    frame's tokens: with the model's own next state, given the real next state, and told that nothing changed (the
+    state now given as the next state, on the steps whose state did change). The last measures whether the tile head
+    reads the state at all: a head that draws from the bytes keeps the frame when told nothing moved; one that draws
+    from the frames' motion moves it anyway."""
+    from train import load_tiles, tile_batch
+    m = world.dynamics
+    cache = load_tiles(dataset, cache_dir)
+    world.attach(dataset, cache_dir, cache.episodes)
+    rows = np.flatnonzero(np.r_[cache.episodes[1:] == cache.episodes[:-1], False])
+    rows = rows[np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int)]
+    keep = m.keep_logits
+    m.keep_logits = (0.0, keep[1])  # the state head's likeliest change as trained; its adjustment is a row of its own
+    sums = {}
+    for s in range(0, len(rows), 50):
+        b = tile_batch(world.tokens, cache, rows[s:s + 50], m.history, cache.episode_start, m.addresses)
+        h, state_logits = m.trunk(b["tokens"], b["state"], b["actions"])
+        last, after = b["tokens"][:, -1], b["next_tokens"]
+        changed = last != after
+        adjusted = state_logits.clone()
+        adjusted[:, :, 0] += math.log1p(m.state_weight)
+        given = {"own next state": (b["state"] + state_logits.argmax(-1)) % 256,
+                 "own next state, adjusted (adjust_state 1)": (b["state"] + adjusted.argmax(-1)) % 256,
+                 "the real next state": b["next_state"], "told nothing changed": b["state"]}
+        stayed = b["state"] == b["next_state"]
+        for label in ("own next state", "own next state, adjusted (adjust_state 1)"):  # the state head's bytes
+            right = given[label] == b["next_state"]
+            acc = sums.setdefault("state head: " + label, {"bytes": 0, "right": 0.0, "stayed": 0.0,
+                                                           "stayed_right": 0.0, "moved_right": 0.0})
+            acc["bytes"] += right.numel()
+            acc["right"] += float(right.sum())
+            acc["stayed"] += float(stayed.sum())
+            acc["stayed_right"] += float(right[stayed].sum())
+            acc["moved_right"] += float(right[~stayed].sum())
+        for label, nxt in given.items():
+            z = m.tile_logits(h, b["tokens"], nxt, b["state"]).argmax(-1).view_as(after)
+            if label == "told nothing changed":
+                moved = (b["state"] != b["next_state"]).any(1)
+                drawn = (z != last).flatten(1).sum(1).float()[moved]
+                acc = sums.setdefault(label, {"steps": 0, "tiles_drawn_changed": 0.0, "real_changed": 0.0})
+                acc["steps"] += int(moved.sum())
+                acc["tiles_drawn_changed"] += float(drawn.sum())
+                acc["real_changed"] += float(changed.flatten(1).sum(1).float()[moved].sum())
+                continue
+            acc = sums.setdefault(label, {"steps": 0, "step_exact": 0.0, "frame_exact": 0.0, "changed": 0.0,
+                                          "changed_right": 0.0, "spurious": 0.0})
+            acc["steps"] += len(z)
+            acc["step_exact"] += float(((z == after) | ~changed).flatten(1).all(1).sum())
+            acc["frame_exact"] += float((z == after).flatten(1).all(1).sum())
+            acc["changed"] += float(changed.sum())
+            acc["changed_right"] += float((z == after)[changed].sum())
+            acc["spurious"] += float(((z != after) & ~changed).sum())
+    m.keep_logits = keep
+    out = {}
+    for label, a in sums.items():
+        if "bytes" in a:
+            out[label] = {"bytes_right": a["right"] / a["bytes"],
+                          "stayed_bytes_right": a["stayed_right"] / max(1.0, a["stayed"]),
+                          "changed_bytes_right": a["moved_right"] / max(1.0, a["bytes"] - a["stayed"])}
+        elif "step_exact" in a:
+            out[label] = {"steps": a["steps"], "step_exact": a["step_exact"] / a["steps"],
+                          "frame_exact": a["frame_exact"] / a["steps"],
+                          "changed_tiles_right": a["changed_right"] / max(1.0, a["changed"]),
+                          "spurious_per_step": a["spurious"] / a["steps"]}
+        else:
+            out[label] = {"steps": a["steps"], "tiles_drawn_changed_per_step": a["tiles_drawn_changed"] / max(1, a["steps"]),
+                          "real_changed_per_step": a["real_changed"] / max(1, a["steps"])}
+    return out
+
+
+def one_step_table(args, argv) -> dict:
+    """evaluate.py --one-step: one_step_report for each --checkpoint on --dataset, as OUT.md and OUT.json."""
+    torch.set_num_threads(1)
+    command = "python evaluate.py " + " ".join(argv)
+    lines = [f"# One step ahead, teacher-forced on {args.dataset}\n", f"`{command}`\n",
+             f"{args.one_step} held-out steps spread evenly over the dataset; codes against the real next frame's "
+             "tokenization (the tokenizer's own misses do not count). 'Told nothing changed': the state now given as "
+             "the next state, on the steps whose state did change; a tile head that reads the state keeps the frame.\n",
+             "| checkpoint | next state | every changed tile right | every tile right | changed tiles right | "
+             "unchanged tiles drawn changed, a step |", "|---|---|---|---|---|---|"]
+    told = ["", "| checkpoint | steps | tiles drawn changed when told nothing changed, a step | tiles the real "
+            "frame changed on those steps, a step |", "|---|---|---|---|"]
+    state = ["", "The state head's likeliest next bytes, as trained and with its logit adjustment:", "",
+             "| checkpoint | state head | bytes right | bytes that stayed, kept | bytes that changed, right |",
+             "|---|---|---|---|---|"]
+    payload = {"command": command, "dataset": args.dataset, "rows": {}}
+    for c in args.checkpoint:
+        try:
+            world = load_world(c)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}")
+        if not hasattr(world.dynamics, "addresses"):
+            raise SystemExit(f"error: --one-step: {c} keeps no state bytes (a tile world's dynamics do)")
+        report = one_step_report(world, args.dataset, args.one_step, args.cache_dir)
+        payload["rows"][c] = report
+        for label, r in report.items():
+            if "bytes_right" in r:
+                state.append(f"| {c} | {label.split(': ', 1)[1]} | {r['bytes_right']:.1%} | "
+                             f"{r['stayed_bytes_right']:.1%} | {r['changed_bytes_right']:.1%} |")
+            elif "step_exact" in r:
+                lines.append(f"| {c} | {label} | {r['step_exact']:.1%} | {r['frame_exact']:.1%} | "
+                             f"{r['changed_tiles_right']:.1%} | {r['spurious_per_step']:.2f} |")
+            else:
+                told.append(f"| {c} | {r['steps']} | {r['tiles_drawn_changed_per_step']:.2f} | "
+                            f"{r['real_changed_per_step']:.2f} |")
+    text = "\n".join(lines + told + state) + "\n"
+    print(text)
+    for path, body in ((args.out + ".md", text), (args.out + ".json", json.dumps(payload, indent=1))):
+        with open(path + ".tmp", "w") as f:
+            f.write(body)
+        os.replace(path + ".tmp", path)
     return payload
 
 
@@ -1100,6 +1223,15 @@ def parse_args(argv=None):
                         "frames and state bytes over the first STEPS steps of each run: the share of steps on which "
                         "every tile that changes is right (against the real next frame's tokenization), with its own "
                         "next state and given the real one")
+    p.add_argument("--adjust", type=bounded(float, 0, 2), nargs=2, default=None, metavar=("STATE", "TILES"),
+                   help="--lockstep: also play each tile world with this logit adjustment, a row each, beside its "
+                        "checkpoint's own (Config.adjust_state, adjust_tiles: the fractions of log(1 + "
+                        "dyn_change_weight) added to the 'no change' logits; 1 undoes training's weighting of changes, "
+                        "0 plays as trained)")
+    p.add_argument("--one-step", type=bounded(int, 1), default=0, metavar="STEPS",
+                   help="instead of rollouts: score each tile world one step ahead, teacher-forced on STEPS held-out "
+                        "recorded steps of --dataset (its own next state, adjusted, the real one, and told nothing "
+                        "changed), as OUT.md/.json")
     p.add_argument("--rom", default=None, help="--lockstep: the ROM file, if not the one in the game's pip package")
     p.add_argument("--autoencoder-figures", action="store_true",
                    help="also write OUT_reconstructions.png and OUT_edge_cases.png (needs the dataset's RAM column)")
@@ -1167,6 +1299,8 @@ def main(argv=None):
         return tokenizer_table(args, argv)
     if args.play:
         return play_table(args)
+    if args.one_step:
+        return one_step_table(args, argv)
     if args.lockstep:
         return lockstep_table(args, argv)
     if args.probe_sprites:

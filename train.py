@@ -118,6 +118,22 @@ class Config:
                                        # least this share as likely as its likeliest (min-p sampling)
     place_heads: int = 0               # tile dynamics: attention heads by which each tile reads the next state's bytes,
                                        # its row and column asking (PlaceAttention); 0 = none
+    place_product: bool = False        # tile dynamics: PlaceAttention also reads the bytes by row and by column apart
+                                       # and multiplies the two reads, so a tile can require "my row" from one byte
+                                       # AND "my column" from another (a sprite's y and x) in one layer
+    state_delta: bool = False          # tile dynamics: the tile head also reads each byte's change (next - now, mod 256)
+                                       # as an embedding of its own, so "x went down by 1" is one input to draw a move
+                                       # from, not a comparison of two values' embeddings in a sum over every byte
+    adjust_state: float = 0.0          # tile dynamics, play: add this x log(1 + dyn_change_weight) to each byte's "no
+                                       # change" logit. Training weighs a change 1 + dyn_change_weight times, which
+                                       # makes the head that much too ready to predict one; 1 undoes it (logit
+                                       # adjustment, Menon et al. 2021); 0 plays the head as trained
+    adjust_tiles: float = 0.0          # tile dynamics, play: the same for each tile's "keep its code" logit
+    dyn_unchanged_tiles: int = 32      # tile dynamics: unchanged tiles of a frame scored in training (drawn at random,
+                                       # weighted to stand for all of them); 0 = every tile, so a tile drawn changed
+                                       # that stayed (a piece moved that did not) costs every time, not 1 time in 30
+    train_only: str = ""               # tile dynamics: "" trains every weight; "tile_head" only the tile head's (the
+                                       # trunk and the state head as --init-dynamics left them)
     corrupt: float = 0.0               # tile dynamics: in training, this share of the input tiles and of the state bytes
                                        # is replaced by ones drawn from elsewhere in the batch (corrupt_inputs), so the
                                        # model learns to repair its own drift (GameNGen's context noise, in tokens)
@@ -166,6 +182,15 @@ class Config:
             raise ValueError(f"need place_heads >= 0 and 0 <= corrupt < 1 (not {self.place_heads}, {self.corrupt})")
         if self.dyn_change_weight < 0:
             raise ValueError(f"dyn_change_weight must be >= 0 (not {self.dyn_change_weight})")
+        if self.dyn_unchanged_tiles < 0:
+            raise ValueError(f"dyn_unchanged_tiles must be >= 0 (0: every tile), not {self.dyn_unchanged_tiles}")
+        if not (0 <= self.adjust_state <= 2 and 0 <= self.adjust_tiles <= 2):
+            raise ValueError(f"adjust_state and adjust_tiles run from 0 to 2 (not {self.adjust_state}, "
+                             f"{self.adjust_tiles})")
+        if self.train_only not in ("", "tile_head"):
+            raise ValueError(f"train_only must be '' or 'tile_head', not {self.train_only!r}")
+        if self.train_only and not self.init_dynamics:
+            raise ValueError("train_only: tile_head trains the tile head of the model --init-dynamics names: give it")
 
 
 MAX_TEMPERATURE = 2.0  # play's temperatures run 0 (deterministic) to 2; World Models played its dream best at 1.15
@@ -1212,9 +1237,16 @@ class PlaceAttention(nn.Module):
     Each byte is weighed on its own, by a sigmoid of its match (less log S, so that S bytes start at a total weight
     of about one), not by a softmax over the bytes: a softmax's weights sum to one whatever the match, so a tile could
     not tell "x is here" from "x is elsewhere" when it reads one byte, and only against the other bytes' keys with many.
-    The output layer starts at zero, so a model fine-tuned from one without it starts as that model."""
+    The output layer starts at zero, so a model fine-tuned from one without it starts as that model.
 
-    def __init__(self, state_size: int, width: int, grid, heads: int = 4, dim: int = 8):
+    product=True adds a second read that ANDs a row with a column: the bytes are read once per row (the row's
+    embedding asking) and once per column, and a tile gets the elementwise product of its row's read and its
+    column's. Where one byte says "row 7" and another "column 5", a sum of reads lights the whole cross and needs a
+    later nonlinearity to find the tile where both hold; the product lights that tile alone, and with a value
+    vector per byte it tells a pair that belong together (one sprite's y and x) from a pair that do not, which a
+    linear read of the sum cannot (tests/test_lockstep.py). It costs (rows + columns) reads, not one per tile."""
+
+    def __init__(self, state_size: int, width: int, grid, heads: int = 4, dim: int = 8, product: bool = False):
         super().__init__()
         self.heads, self.dim, self.grid = heads, dim, tuple(grid)
         self.rows = nn.Parameter(torch.randn(grid[0], heads * dim) * dim ** -0.5)
@@ -1226,6 +1258,28 @@ class PlaceAttention(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.register_buffer("offsets", torch.arange(state_size) * 256, persistent=False)
+        self.product = product
+        if product:  # row and column reads of their own: keys and values per (byte, value), one query per row / column
+            self.line_keys = nn.Embedding(state_size * 256, 2 * heads * dim)
+            self.line_values = nn.Embedding(state_size * 256, 2 * heads * dim)
+            self.line_out = nn.Conv2d(heads * dim, width, 1)
+            self.row_q = nn.Parameter(torch.randn(grid[0], heads * dim) * dim ** -0.5)
+            self.col_q = nn.Parameter(torch.randn(grid[1], heads * dim) * dim ** -0.5)
+            nn.init.zeros_(self.line_out.weight)
+            nn.init.zeros_(self.line_out.bias)
+
+    def line_reads(self, state):
+        """-> what each row and each column read (B, heads * dim, rows), (B, heads * dim, cols): sigmoid weights."""
+        b, hd, d = len(state), self.heads, self.dim
+        idx = state.long() + self.offsets
+        k = self.line_keys(idx).view(b, -1, 2, hd, d)
+        v = self.line_values(idx).view(b, -1, 2, hd, d)
+        reads = []
+        for j, q in enumerate((self.row_q, self.col_q)):
+            match = torch.einsum("nhd,bshd->bhns", q.view(-1, hd, d), k[:, :, j]) * d ** -0.5
+            att = torch.sigmoid(match - math.log(k.shape[1]))  # (B, heads, lines, S)
+            reads.append(torch.einsum("bhns,bshd->bhdn", att, v[:, :, j]).reshape(b, hd * d, -1))
+        return reads
 
     def forward(self, h, state):
         """features (B, width, rows, cols), state bytes (B, S) -> what each tile read (B, width, rows, cols)."""
@@ -1237,7 +1291,10 @@ class PlaceAttention(nn.Module):
         match = torch.einsum("bhdk,bshd->bhks", q, k) * d ** -0.5  # (B, heads, tiles, S)
         att = torch.sigmoid(match - math.log(k.shape[1]))
         read = torch.einsum("bhks,bshd->bhdk", att, v).reshape(b, hd * d, r, c)
-        return self.out(read)
+        if not self.product:
+            return self.out(read)
+        rows, cols = self.line_reads(state)
+        return self.out(read) + self.line_out(rows[:, :, :, None] * cols[:, :, None, :])
 
 
 class TileDynamics(nn.Module):
@@ -1255,7 +1312,9 @@ class TileDynamics(nn.Module):
 
     Play (step) takes each byte's likeliest change at temperature 0; at temperature t > 0 it samples each byte from
     its softmax at t among the changes at least `min_p` as likely as the likeliest (min-p sampling): a byte the
-    model is sure of (a timer) stays at its likeliest, one it is not (a random draw) is sampled.
+    model is sure of (a timer) stays at its likeliest, one it is not (a random draw) is sampled. Before either, play
+    adds Config.adjust_state x log(1 + the weight on changes in training) to each byte's "no change" logit
+    (set_adjust): the weighted cross-entropy made a change look that many times likelier than it is.
 
     One data-derived, game-agnostic prior: the value vocabulary (value_support, (S, 256)), the values each byte took
     in the training data, set by training and stored in the checkpoint. Play never moves a byte to a value outside
@@ -1266,7 +1325,8 @@ class TileDynamics(nn.Module):
     stochastic = True
 
     def __init__(self, codes: int, addresses, history: int = 2, width: int = 48, blocks: int = 8,
-                 state_width: int = 0, min_p: float = 0.2, grid=tile_grid(NES_FRAME), place_heads: int = 0):
+                 state_width: int = 0, min_p: float = 0.2, grid=tile_grid(NES_FRAME), place_heads: int = 0,
+                 place_product: bool = False, state_delta: bool = False):
         super().__init__()
         self.grid = tuple(grid)  # the frame's tiles (rows, cols): 30×32 on the NES
         self.addresses = np.asarray(addresses, dtype=np.int64)
@@ -1291,8 +1351,16 @@ class TileDynamics(nn.Module):
         self.copy_bonus = nn.Parameter(torch.tensor(4.0))
         self.register_buffer("offsets", torch.arange(s) * 256, persistent=False)
         self.register_buffer("value_support", torch.ones(s, 256, dtype=torch.bool), persistent=False)
+        self.adjust, self.change_weight, self.state_weight = (0.0, 0.0), 0.0, 0.0
+        self.keep_logits = (0.0, 0.0)  # play: added to "no change" of each byte and "keep" of each tile (set_adjust)
         # the tile head's read of the next state by place (PlaceAttention); 0 heads: none (the models before #31)
-        self.place = PlaceAttention(s, width, self.grid, place_heads) if place_heads else None
+        self.place = PlaceAttention(s, width, self.grid, place_heads, product=place_product) if place_heads else None
+        # each byte's change as the tile head's input (state_delta); zero at the start, so a model fine-tuned from one
+        # without it starts as that model
+        self.delta_embed = nn.Embedding(s * 256, width) if state_delta else None
+        self.delta_map = ByteMap(s, width, self.grid) if state_delta else None
+        if state_delta:
+            nn.init.zeros_(self.delta_embed.weight)
 
     @classmethod
     def from_config(cls, cfg: "Config", latent_dim: int = 0, addresses=None) -> "TileDynamics":
@@ -1301,7 +1369,8 @@ class TileDynamics(nn.Module):
                              "checkpoint as state_addresses)")
         codes, grid = token_space(cfg)
         return cls(codes, addresses, cfg.history, cfg.hidden, state_width=cfg.state_width, min_p=cfg.min_p,
-                   grid=grid, place_heads=cfg.place_heads, **cls.trunk_options(cfg))
+                   grid=grid, place_heads=cfg.place_heads, place_product=cfg.place_product,
+                   state_delta=cfg.state_delta, **cls.trunk_options(cfg))
 
     @staticmethod
     def trunk_options(cfg: "Config") -> dict:
@@ -1330,17 +1399,22 @@ class TileDynamics(nn.Module):
                              self.byte_embed(state.long() + self.offsets).flatten(1), a_hist.flatten(1).float()], 1)
         return h, self.state_head(head_in).view(len(tokens), self.state_size, 256)
 
-    def tile_features(self, h, next_state):
-        """Trunk features and the next state (B, S) -> per-tile features (B, 30 * 32, width)."""
+    def tile_features(self, h, next_state, state=None):
+        """Trunk features and the next state (B, S) (and the state now, for state_delta) -> per-tile features
+        (B, 30 * 32, width)."""
         h = h + self.next_state_embed(next_state.long() + self.offsets).sum(1)[:, :, None, None]
+        if self.delta_embed is not None:
+            delta = (next_state.long() - state.long()) % 256
+            h = h + self.delta_embed(delta + self.offsets).sum(1)[:, :, None, None] + self.delta_map(delta)
         if self.place is not None:
             h = h + self.place(h, next_state)
         h = self.out_blocks(h + self.byte_map_next(next_state))
         return F.gelu(self.out_norm(h)).flatten(2).transpose(1, 2)
 
-    def tile_logits(self, h, tokens, next_state):
-        """-> (B, 960, codes) logits of the next codes given the next state, the copy bonus added."""
-        feats = self.tile_features(h, next_state)
+    def tile_logits(self, h, tokens, next_state, state=None):
+        """-> (B, 960, codes) logits of the next codes given the next state (and the state now), the copy bonus
+        added."""
+        feats = self.tile_features(h, next_state, state)
         # one fused addmm on a contiguous 2-D input, the copy bonus added in place: nn.Linear on the transposed 3-D
         # features ran mm, then a separate bias add, and scatter_add made a second (B, 960, codes) buffer; SMB's
         # step (4,096 codes) was 2.4x slower on this CPU
@@ -1352,7 +1426,7 @@ class TileDynamics(nn.Module):
     def loss(self, batch: dict, change_weight: float = 0.0, unchanged: int = 32, feed: bool = False):
         """batch: tokens (B, K, 30, 32), state (B, S), actions (B, K, 8), next_tokens (B, 30, 32), next_state (B, S)
         -> (loss, logs): cross-entropy of the next codes plus that of the next state's bytes. A changed tile or byte
-        weighs 1 + change_weight; of the unchanged tiles, `unchanged` per sample are drawn at random, each weighted
+        weighs 1 + change_weight; of the unchanged tiles, `unchanged` per sample (0: all) are drawn at random, each weighted
         up to stand for all of them (the softmax over the codes is most of the cost).
         feed=True also returns what play would feed forward, without gradient: the likeliest state and the likeliest
         codes given it -> (loss, logs, codes (B, 30, 32), state (B, S))."""
@@ -1360,10 +1434,11 @@ class TileDynamics(nn.Module):
         next_tokens, next_state = batch["next_tokens"], batch["next_state"]
         b = len(tokens)
         h, state_logits = self.trunk(tokens, state, a_hist)
-        feats = self.tile_features(h, next_state)  # (B, 960, width)
+        feats = self.tile_features(h, next_state, state)  # (B, 960, width)
         last, target = tokens[:, -1].flatten(1), next_tokens.flatten(1)  # (B, 960)
         changed = last != target
         n_tiles = last.shape[1]
+        unchanged = unchanged if unchanged > 0 else n_tiles  # 0: every tile
         pick = changed | (torch.rand(b, n_tiles, device=last.device).argsort(1).argsort(1) < unchanged)
         bi, ti = pick.nonzero(as_tuple=True)
         logits = self.out(feats[bi, ti])
@@ -1391,8 +1466,27 @@ class TileDynamics(nn.Module):
         if not feed:
             return tile_loss + state_loss, logs
         with torch.no_grad():
-            codes = self.tile_logits(h, tokens, predicted).argmax(-1).view_as(next_tokens)
+            codes = self.tile_logits(h, tokens, predicted, state).argmax(-1).view_as(next_tokens)
         return tile_loss + state_loss, logs, codes, predicted.to(state.dtype)
+
+    def set_adjust(self, state: float, tiles: float, change_weight: float, state_weight: float | None = None):
+        """Play's logit adjustment (Config.adjust_state, adjust_tiles): the "no change" logits gain these fractions
+        of log(1 + the weight on changes each head was trained with), the odds by which training's weighted
+        cross-entropy favoured a change. state_weight: the state head's, where it differs from the tile head's
+        (a tile-head-only run keeps the state head its init trained; the checkpoint's state_change_weight)."""
+        state_weight = change_weight if state_weight is None else state_weight
+        self.keep_logits = (state * math.log1p(state_weight), tiles * math.log1p(change_weight))
+        self.adjust, self.change_weight, self.state_weight = (state, tiles), change_weight, state_weight
+
+    TILE_HEAD = ("next_state_embed", "byte_map_next", "place", "delta_embed", "delta_map", "out_blocks", "out_norm",
+                 "out", "copy_bonus")
+
+    def freeze_all_but_tile_head(self) -> int:
+        """train_only: tile_head: every weight but the tile head's (TILE_HEAD: what reads the next state and draws the
+        codes from the trunk's features) stops training. -> the number of weights that still train."""
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.split(".")[0] in self.TILE_HEAD)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def fit_value_support(self, states: np.ndarray):
         """The value vocabulary from the training rows' state bytes (N, S): every value each byte took."""
@@ -1418,9 +1512,15 @@ class TileDynamics(nn.Module):
             values = (state.long()[:, :, None] + torch.arange(256, device=state.device)) % 256  # each change's value
             allowed = self.value_support[torch.arange(self.state_size, device=state.device)[:, None], values]
             state_logits = state_logits.masked_fill(~allowed, float("-inf"))
+            if self.keep_logits[0]:
+                state_logits[:, :, 0] += self.keep_logits[0]
             next_state = (state.long() + self.sample_changes(state_logits, temperature)) % 256
         next_state = next_state.long()
-        codes = self.tile_logits(h, tokens, next_state).argmax(-1)
+        logits = self.tile_logits(h, tokens, next_state, state)
+        if self.keep_logits[1]:
+            logits.scatter_add_(2, tokens[:, -1].flatten(1)[:, :, None],
+                                logits.new_full((len(tokens), logits.shape[1], 1), self.keep_logits[1]))
+        codes = logits.argmax(-1)
         return codes.view(len(tokens), *self.grid), next_state.to(state.dtype)
 
 
@@ -1439,8 +1539,10 @@ class TileTransformer(TileDynamics):
 
     def __init__(self, codes: int, addresses, history: int = 2, width: int = 48, dim: int = 128, layers: int = 4,
                  heads: int = 4, patch: int = 2, state_width: int = 0, min_p: float = 0.2,
-                 grid=tile_grid(NES_FRAME), local_blocks: int = 0, place_heads: int = 0):
-        super().__init__(codes, addresses, history, width, local_blocks, state_width, min_p, grid, place_heads)
+                 grid=tile_grid(NES_FRAME), local_blocks: int = 0, place_heads: int = 0, place_product: bool = False,
+                 state_delta: bool = False):
+        super().__init__(codes, addresses, history, width, local_blocks, state_width, min_p, grid, place_heads,
+                         place_product, state_delta)
         self.patch = patch
         self.padded = tuple(-(-n // patch) * patch for n in self.grid)  # the grid padded to whole patches
         n_tokens = self.padded[0] * self.padded[1] // patch ** 2
@@ -1534,6 +1636,9 @@ class World:
         world.autoencoder_hash = ae_ckpt.get("hash")
         if world.stochastic:
             world.default_temperature = float(dyn_cfg.temperature)
+        if hasattr(dynamics, "set_adjust"):
+            dynamics.set_adjust(dyn_cfg.adjust_state, dyn_cfg.adjust_tiles, dyn_cfg.dyn_change_weight,
+                                dyn_ckpt.get("state_change_weight", dyn_cfg.dyn_change_weight))
         return world
 
     def attach(self, dataset: str, cache_dir: str = ".cache", episodes: np.ndarray | None = None):
@@ -2506,7 +2611,7 @@ def load_init_dynamics(model: nn.Module, init: nn.Module) -> list[str]:
     except RuntimeError as e:
         lines = str(e).splitlines()
         raise ValueError(lines[1].strip() if len(lines) > 1 else str(e)) from None
-    new = [k for k in missing if not k.startswith(("time.", "freqs", "gate.", "place."))]
+    new = [k for k in missing if not k.startswith(("time.", "freqs", "gate.", "place.", "delta_"))]
     unexpected = [k for k in unexpected if not k.startswith(getattr(init, "training_only", ()) or "\0")]
     if new or unexpected:
         raise ValueError(f"missing {new[:3]}, unexpected {unexpected[:3]}")
@@ -2834,8 +2939,11 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: nn.Module, a
     addresses = choose_state_bytes(cache.ram, one_step, cfg.state_min_change)
     print(f"state: {len(addresses)} RAM bytes change on at least {cfg.state_min_change:.1%} of the training steps")
     model = DYNAMICS[cfg.dynamics].from_config(cfg, addresses=addresses).to(DIST.device)  # before the optimiser
+    state_weight = cfg.dyn_change_weight  # the weight on changes the state head trained with (play's adjustment)
     if cfg.init_dynamics:
         init, init_ckpt = load_model(cfg.init_dynamics, "dynamics")
+        if cfg.train_only:  # the state head stays as the init left it, and so does the weight it was trained with
+            state_weight = init_ckpt.get("state_change_weight", config_from(init_ckpt).dyn_change_weight)
         if init_ckpt.get("autoencoder_hash") != ae_extra["hash"] or not isinstance(init, TileDynamics) \
                 or type(init) is not type(model) or not np.array_equal(init.addresses, addresses):
             raise SystemExit(f"error: --init-dynamics {cfg.init_dynamics}: not tile dynamics trained on this run's "
@@ -2852,10 +2960,14 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: nn.Module, a
     top = np.argsort(-weights, kind="stable")[:max(1, len(weights) // 20)]
     print(f"rare steps: weights {weights.min():.1f}-{weights.max():.1f} (power {cfg.rare_power}, median "
           f"{np.median(weights):.1f}); the 5% most surprising steps are {p[top].sum():.1%} of the draws")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.dyn_lr, weight_decay=0.01)
+    if cfg.train_only:
+        print(f"train_only {cfg.train_only}: {model.freeze_all_but_tile_head():,} of "
+              f"{sum(p.numel() for p in model.parameters()):,} weights train")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.dyn_lr, weight_decay=0.01)
     state_path, log, start = resume_tile_run(model, opt, out, cfg, ["state_min_change", "rare_power",
                                                                     "rare_max_weight", "min_p", "place_heads",
-                                                                    "corrupt"])
+                                                                    "corrupt", "place_product", "train_only",
+                                                                    "state_delta", "dyn_unchanged_tiles"])
     sched = cosine_schedule(opt, cfg.dyn_epochs, cfg.dyn_lr, start)
     per_epoch = cfg.dyn_samples_per_epoch or len(train_rows)
     val = np.random.default_rng(cfg.seed).choice(val_rows, min(len(val_rows), 1000), replace=False)
@@ -2868,7 +2980,7 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: nn.Module, a
                 batch = DIST.to(batch_of(rows + k)) | {"tokens": torch.cat([batch["tokens"][:, 1:], res[2][:, None]],
                                                                            dim=1), "state": res[3]}
             res = m.loss(corrupt_inputs(batch, cfg.corrupt), change_weight=cfg.dyn_change_weight,
-                         feed=k + 1 < cfg.unroll)
+                         unchanged=cfg.dyn_unchanged_tiles, feed=k + 1 < cfg.unroll)
             loss = loss + res[0] / cfg.unroll
         return loss, res[1]
 
@@ -2919,6 +3031,7 @@ def train_tile_dynamics(cfg: Config, cache: TileCache, autoencoder: nn.Module, a
     row = start_row(cache, train_rows)
     extra = {"autoencoder_hash": ae_extra["hash"], "starts": tile_start(tokens, cache, row, cfg.history, addresses),
              "state_addresses": [int(a) for a in addresses], "state_accuracy": bytes_right,
+             "state_change_weight": float(state_weight),
              "value_support": model.value_support.clone()}
     save_checkpoint(os.path.join(out, "dynamics.pt"), "dynamics", cfg, model, **extra)
     log.plot(os.path.join(out, "dynamics_loss.png"), f"{cfg.name}: tile dynamics (cross-entropy)")
@@ -2963,7 +3076,7 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
                         "RUN_DIR/spot_check_pairs.png; '' to skip)")
     comments = _field_comments()
     for f in dataclasses.fields(Config):
-        kind = {"int": int, "float": float, "str": str, "tuple": _int_pair}[
+        kind = {"int": int, "float": float, "str": str, "tuple": _int_pair, "bool": _bool}[
             f.type if isinstance(f.type, str) else f.type.__name__]
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
                        help=f"{comments.get(f.name, '')} (default {f.default!r})")
@@ -2976,6 +3089,14 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     if not cfg.dataset and not ns.benchmark:
         p.error("--dataset is required (a directory written by collect.py, or a hub id)")
     return cfg, ns
+
+
+def _bool(text: str) -> bool:
+    """A yes/no flag's value: true/false, yes/no, 1/0."""
+    word = text.strip().lower()
+    if word not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return word in ("true", "yes", "1")
 
 
 def _int_pair(text: str) -> tuple[int, int]:
@@ -3095,8 +3216,14 @@ def main(argv=None):
         dynamics, dyn_extra = train_dyn(cfg, cache, autoencoder, ae_extra, out)
         timings["dynamics_s"] = time.time() - t
         if cfg.export:
-            save_checkpoint(os.path.join(cfg.export, "autoencoder.pt"), "autoencoder", cfg, autoencoder,
-                            half=cfg.ae_arch != "vqvae", **ae_extra)  # (fp16 moves a VQ-VAE's nearest codes)
+            ae_path = os.path.join(cfg.export, "autoencoder.pt")
+            try:  # the same autoencoder there already (a dynamics-only run): left as it is, not rewritten
+                same = os.path.exists(ae_path) and read_checkpoint(ae_path, "autoencoder").get("hash") == ae_extra["hash"]
+            except CheckpointError:
+                same = False
+            if not same:
+                save_checkpoint(ae_path, "autoencoder", cfg, autoencoder, half=cfg.ae_arch != "vqvae",
+                                **ae_extra)  # (fp16 moves a VQ-VAE's nearest codes)
             save_checkpoint(os.path.join(cfg.export, "dynamics.pt"), "dynamics", cfg, dynamics, half=True,
                             **dyn_extra)
             print(f"exported fp16 checkpoints to {cfg.export}/")

@@ -161,3 +161,93 @@ def test_a_given_next_state_is_what_the_tile_world_carries_on():
     nxt, z = world.step(state, torch.zeros(1, 8), 1.0, next_state=given)
     assert torch.equal(nxt[1], given.to(nxt[1].dtype))
     assert z.shape == state[0].shape[:1] + state[0].shape[2:]
+
+
+def test_the_product_read_puts_a_sprite_where_its_row_and_column_bytes_meet():
+    """Two sprites, each a (row byte, column byte) pair on a 4x4 grid: a tile is lit where one sprite's row and the
+    same sprite's column meet, not where sprite 0's row meets sprite 1's column. Read by a linear head, a sum of
+    reads cannot tell these apart (the lit tiles' reads average to the crossings'); the product read can."""
+    torch.manual_seed(0)
+    place = train.PlaceAttention(4, 8, (4, 4), heads=1, dim=8, product=True)
+    head = torch.nn.Conv2d(8, 1, 1)
+    assert torch.equal(place(torch.zeros(1, 8, 4, 4), torch.tensor([[0, 1, 2, 3]])), torch.zeros(1, 8, 4, 4))
+    opt = torch.optim.Adam(list(place.parameters()) + list(head.parameters()), lr=0.03)
+    pos = torch.tensor([(a, b, c, d) for a in range(4) for b in range(4) for c in range(4) for d in range(4)
+                        if a != c and b != d])  # sprite 0 at (row a, col b), sprite 1 at (row c, col d)
+    target = torch.zeros(len(pos), 4, 4)
+    target[torch.arange(len(pos)), pos[:, 0], pos[:, 1]] = 1
+    target[torch.arange(len(pos)), pos[:, 2], pos[:, 3]] = 1
+    for _ in range(400):
+        logits = head(place(torch.zeros(len(pos), 8, 4, 4), pos))[:, 0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.equal(logits > 0, target > 0)
+
+
+def tiny_tile_dynamics(**kw):
+    return train.TileDynamics(16, np.arange(3), history=2, width=16, blocks=1, grid=(4, 5), **kw)
+
+
+def test_a_state_delta_head_starts_as_the_model_without_it_and_reads_the_change():
+    torch.manual_seed(0)
+    plain = tiny_tile_dynamics()
+    with_delta = tiny_tile_dynamics(state_delta=True)
+    missing = train.load_init_dynamics(with_delta, plain)
+    assert missing and all(k.startswith("delta_") for k in missing)
+    tokens, state = torch.randint(0, 16, (2, 2, 4, 5)), torch.randint(0, 256, (2, 3))
+    actions, nxt = torch.zeros(2, 2, 8), torch.randint(0, 256, (2, 3))
+    h, _ = plain.trunk(tokens, state, actions)
+    assert torch.equal(plain.tile_logits(h, tokens, nxt, state), with_delta.tile_logits(h, tokens, nxt, state))
+    with torch.no_grad():
+        with_delta.delta_embed.weight.normal_()
+    assert not torch.equal(with_delta.tile_logits(h, tokens, nxt, state), plain.tile_logits(h, tokens, nxt, state))
+    # what it adds is a read of the change alone: zero the next state's own embeddings, and two pairs of values
+    # with the same change draw the same
+    with torch.no_grad():
+        with_delta.next_state_embed.weight.zero_()
+        with_delta.byte_map_next.where.zero_()
+    assert torch.allclose(with_delta.tile_logits(h, tokens, nxt, state),
+                          with_delta.tile_logits(h, tokens, (nxt + 7) % 256, (state + 7) % 256))
+
+
+def test_train_only_the_tile_head_leaves_the_trunk_and_the_state_head_as_they_were():
+    torch.manual_seed(0)
+    model = tiny_tile_dynamics(place_heads=1, state_delta=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trained = model.freeze_all_but_tile_head()
+    assert 0 < trained < sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    batch = {"tokens": torch.randint(0, 16, (4, 2, 4, 5)), "state": torch.randint(0, 256, (4, 3)),
+             "actions": torch.zeros(4, 2, 8), "next_tokens": torch.randint(0, 16, (4, 4, 5)),
+             "next_state": torch.randint(0, 256, (4, 3))}
+    loss, _ = model.loss(batch, change_weight=10.0)
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    moved = {k.split(".")[0] for k in after if not torch.equal(after[k], before[k])}
+    assert moved and moved <= set(train.TileDynamics.TILE_HEAD)
+    for k in ("embed.weight", "blocks.0.conv.weight", "state_head.0.weight"):
+        assert torch.equal(after[k], before[k])
+    with pytest.raises(ValueError, match="init-dynamics"):
+        train.Config(dynamics="tiles", ae_arch="tiles", train_only="tile_head")
+
+
+def test_the_logit_adjustment_keeps_what_training_made_too_ready_to_change():
+    """adjust 0 plays as trained; a large adjustment makes every byte and tile keep its value at temperature 0."""
+    torch.manual_seed(0)
+    model = tiny_tile_dynamics()
+    with torch.no_grad():
+        model.copy_bonus.fill_(-5.0)  # a head that redraws every tile
+    tokens, state, actions = torch.randint(0, 16, (2, 2, 4, 5)), torch.randint(0, 256, (2, 3)), torch.zeros(2, 2, 8)
+    codes, nxt = model.step(tokens, state, actions, temperature=0.0)
+    assert model.keep_logits == (0.0, 0.0) and not torch.equal(codes, tokens[:, -1])
+    model.set_adjust(2.0, 2.0, change_weight=1e6)  # 2 x log(1 + 1e6): 27.6 added to "keep"
+    assert model.keep_logits[0] == pytest.approx(2 * np.log1p(1e6))
+    codes, nxt = model.step(tokens, state, actions, temperature=0.0)
+    assert torch.equal(codes, tokens[:, -1]) and torch.equal(nxt, state)
+    cfg = train.Config(dynamics="tiles", ae_arch="tiles", adjust_state=1.0)
+    assert cfg.adjust_state == 1.0
+    with pytest.raises(ValueError, match="adjust_state"):
+        train.Config(adjust_state=3.0)

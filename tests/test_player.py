@@ -174,9 +174,12 @@ def test_the_window_keys_screenshot_menu_and_a_side_by_side_frame(tetris_env, tm
 @pytest.mark.parametrize("ext", ["gif", "mp4"])
 def test_real_play_records_both_sides(ext, tmp_path, capsys):
     path = str(tmp_path / f"play.{ext}")
-    result = main.main(["--game", "tetris", "--real", "--headless", "--frames", "12", "--record", path])
+    result = main.main(["--game", "tetris", "--real", "--headless", "--frames", "12", "--record", path,
+                        "--temperature", "0"])
     assert result["frames"] == 12 and os.path.getsize(path) > 1000
-    printed = capsys.readouterr().out  # the meter at steps 1 and 10; the dream starts on the real frame, exactly
+    # the meter at steps 1 and 10; the dream starts on the real frame, and its likeliest first step (temperature 0;
+    # at 1, a sampled byte may differ) is the real one, exactly
+    printed = capsys.readouterr().out
     assert "@1: 0.0000 / 0.000   @10: " in printed and "@30" not in printed
     assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
     if ext == "gif":

@@ -209,6 +209,51 @@ def test_tile_run_trains_exports_evaluates_and_plays(tiny_tile_run, tiny_dataset
     assert json.load(open(prefix + "_stats.json"))["probe"]["frames"] == 5  # the frame probe read what was shown
 
 
+def test_a_run_of_no_epochs_reexports_a_model_with_new_play_settings(tiny_tile_run, tiny_dataset, tmp_path):
+    """--dyn-epochs 0 from --init-dynamics: the same weights, exported with the config's play settings (here the
+    state head's logit adjustment); an identical autoencoder already in the export directory is left as it is."""
+    export = os.path.join(tiny_tile_run, "export")
+    out, again = str(tmp_path / "run"), str(tmp_path / "export")
+    os.makedirs(out)
+    shutil.copy(os.path.join(export, "autoencoder.pt"), out)
+    shutil.copytree(export, again)
+    ae_stamp = os.stat(os.path.join(again, "autoencoder.pt")).st_mtime_ns
+    train.main(["--dataset", tiny_dataset, "--out", out, "--export", again, "--stage", "dynamics",
+                "--ae-arch", "tiles", "--dynamics", "tiles", "--history", "2", "--hidden", "16",
+                "--conv-blocks", "2", "--state-width", "32", "--dyn-epochs", "0", "--batch-size", "16",
+                "--dyn-change-weight", "10", "--unroll", "2", "--cache-dir", os.path.join(tiny_tile_run, "cache"),
+                "--init-dynamics", os.path.join(export, "dynamics.pt"), "--adjust-state", "1"])
+    before, after = train.load_world(export), train.load_world(again)
+    assert os.stat(os.path.join(again, "autoencoder.pt")).st_mtime_ns == ae_stamp
+    for (k, v), w in zip(before.dynamics.state_dict().items(), after.dynamics.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert before.dynamics.keep_logits == (0.0, 0.0)
+    assert after.dynamics.keep_logits == (pytest.approx(np.log(11)), 0.0)
+
+
+def test_the_one_step_table_scores_each_way_of_giving_the_next_state(tiny_tile_run, tiny_run, tiny_dataset, tmp_path):
+    import evaluate
+    export = os.path.join(tiny_tile_run, "export")
+    out = str(tmp_path / "one_step")
+    evaluate.main(["--one-step", "40", "--dataset", tiny_dataset, "--checkpoint", export, "--out", out,
+                   "--cache-dir", os.path.join(tiny_tile_run, "cache")])
+    rows = json.load(open(out + ".json"))["rows"][export]
+    assert set(rows) == {"own next state", "own next state, adjusted (adjust_state 1)", "the real next state",
+                         "told nothing changed", "state head: own next state",
+                         "state head: own next state, adjusted (adjust_state 1)"}
+    as_trained, adjusted = rows["state head: own next state"], rows["state head: own next state, adjusted (adjust_state 1)"]
+    assert adjusted["stayed_bytes_right"] >= as_trained["stayed_bytes_right"]  # the adjustment only favours "stay"
+    assert adjusted["changed_bytes_right"] <= as_trained["changed_bytes_right"]
+    for label in ("own next state", "the real next state"):
+        r = rows[label]
+        assert r["steps"] == 40 and 0 <= r["frame_exact"] <= r["step_exact"] <= 1 and r["spurious_per_step"] >= 0
+    assert rows["told nothing changed"]["steps"] <= 40
+    assert "| told nothing changed" not in open(out + ".md").read()  # a table of its own, by steps
+    with pytest.raises(SystemExit, match="keeps no state bytes"):
+        evaluate.main(["--one-step", "5", "--dataset", tiny_dataset, "--checkpoint", os.path.join(tiny_run, "export"),
+                       "--out", out])
+
+
 def test_tile_checkpoint_errors(tiny_tile_run, tiny_run, tiny_dataset, tmp_path):
     mixed = tmp_path / "mixed"
     mixed.mkdir()
