@@ -1003,15 +1003,14 @@ def one_step_report(world, dataset: str, n: int, cache_dir: str = ".cache") -> d
     frame's tokens: with the model's own next state, given the real next state, and told that nothing changed (the
     state now given as the next state, on the steps whose state did change). The last measures whether the tile head
     reads the state at all: a head that draws from the bytes keeps the frame when told nothing moved; one that draws
-    from the frames' motion moves it anyway."""
+    from the frames' motion moves it anyway. Each head's likeliest value, as step() at temperature 0 draws it, but
+    without play's value vocabulary; the state head's logit adjustment is a row of its own."""
     from train import load_tiles, tile_batch
     m = world.dynamics
     cache = load_tiles(dataset, cache_dir)
     world.attach(dataset, cache_dir, cache.episodes)
     rows = np.flatnonzero(np.r_[cache.episodes[1:] == cache.episodes[:-1], False])
     rows = rows[np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int)]
-    keep = m.keep_logits
-    m.keep_logits = (0.0, keep[1])  # the state head's likeliest change as trained; its adjustment is a row of its own
     sums = {}
     for s in range(0, len(rows), 50):
         b = tile_batch(world.tokens, cache, rows[s:s + 50], m.history, cache.episode_start, m.addresses)
@@ -1051,7 +1050,6 @@ def one_step_report(world, dataset: str, n: int, cache_dir: str = ".cache") -> d
             acc["changed"] += float(changed.sum())
             acc["changed_right"] += float((z == after)[changed].sum())
             acc["spurious"] += float(((z != after) & ~changed).sum())
-    m.keep_logits = keep
     out = {}
     for label, a in sums.items():
         if "bytes" in a:
