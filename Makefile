@@ -121,8 +121,8 @@ evaluate-lockstep3: venv
 # batches; about 10-20 min each on one core), the shipped trunk and state head shared by every row: the control, every
 # tile scored, and every tile scored without the extra weight on changes; each plays with the state head's logit
 # adjustment, as the shipped model does. Then the one-step table on held-out recorded steps and the lockstep table:
-# results/one_step_tetris_heads.md, results/ablation_tetris_head.md. configs/ablations/tetris_head_{place,product,
-# delta}.yaml are rows stopped at half their budget (see the research log).
+# results/one_step_tetris_heads.md, results/ablation_tetris_head.md. configs/ablations/tetris_head_{product,delta}.yaml
+# are rows stopped at half their budget, tetris_head_place.yaml a row not run (see the research log).
 HEAD_ROWS = tetris_head_base tetris_head_all tetris_head_all_cw0
 ablation-tetris-head: venv
 	for r in $(HEAD_ROWS); do mkdir -p runs/$$r && cp checkpoints/tetris/autoencoder.pt runs/$$r/ || exit 1; \

@@ -665,6 +665,14 @@ def tile_hashes(frames: np.ndarray) -> np.ndarray:
     return (t * mix).sum(-1)
 
 
+def code_exactness(z, after, changed):
+    """Codes drawn (B, rows, cols) against the real next codes, where `changed` marks the tiles that really changed
+    -> per sample: every changed tile right (B,), every tile right (B,), and the tiles drawn changed that did not
+    change (B, rows, cols)."""
+    right = z == after
+    return (right | ~changed).flatten(1).all(1), right.flatten(1).all(1), ~right & ~changed
+
+
 def lockstep_row(world: World | None, game: str, starts: list, sources, steps: int, temperature: float,
                  oracle: str = "", rom: str | None = None, threshold: float = 0.1, keep=(), progress=None,
                  horizons=LOCKSTEP_HORIZONS) -> dict:
@@ -710,11 +718,10 @@ def lockstep_row(world: World | None, game: str, starts: list, sources, steps: i
                 if oracle != "tiles":  # step exactness: the next codes against the real next frame's tokenization
                     before, after = state_before[0][:, -1], real_ctx[0][:, -1]
                     changed = before != after
-                    out.setdefault("step_exact", []).append(
-                        ((z == after) | ~changed).flatten(1).all(1).numpy())
-                    out.setdefault("frame_exact", []).append((z == after).flatten(1).all(1).numpy())
-                    spurious = ((z != after) & ~changed).sum(0).numpy()  # tiles drawn changed that did not change
-                    out["spurious"] = out.get("spurious", 0) + spurious
+                    step_exact, frame_exact, spurious = code_exactness(z, after, changed)
+                    out.setdefault("step_exact", []).append(step_exact.numpy())
+                    out.setdefault("frame_exact", []).append(frame_exact.numpy())
+                    out["spurious"] = out.get("spurious", 0) + spurious.sum(0).numpy()  # by tile, over the runs
                     out.setdefault("changed_right", []).append(
                         [float((z[i] == after[i])[changed[i]].float().mean()) if changed[i].any() else np.nan
                          for i in range(b)])
@@ -1044,12 +1051,13 @@ def one_step_report(world, dataset: str, n: int, cache_dir: str = ".cache") -> d
                 continue
             acc = sums.setdefault(label, {"steps": 0, "step_exact": 0.0, "frame_exact": 0.0, "changed": 0.0,
                                           "changed_right": 0.0, "spurious": 0.0})
+            step_exact, frame_exact, spurious = code_exactness(z, after, changed)
             acc["steps"] += len(z)
-            acc["step_exact"] += float(((z == after) | ~changed).flatten(1).all(1).sum())
-            acc["frame_exact"] += float((z == after).flatten(1).all(1).sum())
+            acc["step_exact"] += float(step_exact.sum())
+            acc["frame_exact"] += float(frame_exact.sum())
             acc["changed"] += float(changed.sum())
-            acc["changed_right"] += float((z == after)[changed].sum())
-            acc["spurious"] += float(((z != after) & ~changed).sum())
+            acc["changed_right"] += float((z == after)[changed].sum())  # pooled over every changed tile
+            acc["spurious"] += float(spurious.sum())
     out = {}
     for label, a in sums.items():
         if "bytes" in a:
