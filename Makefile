@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: play test venv data data-games train-games evaluate-games evaluate-lockstep evaluate-lockstep3 adjust-checkpoints ablation-tetris ablation-tetris-head probe-sprites train-transformers train-vqvae evaluate-tokenizers evaluate-families train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
+.PHONY: play test venv data data-games train-games evaluate-games evaluate-lockstep evaluate-lockstep3 adjust-checkpoints ablation-tetris ablation-tetris-head ablation-tetris-scratch probe-sprites train-transformers train-vqvae evaluate-tokenizers evaluate-families train train-tiles train-phase1 train-flow sweeps evaluate evaluate-tiles play-table bench clean
 
 play: venv
 	$(PY) main.py $(ARGS)
@@ -131,6 +131,22 @@ ablation-tetris-head: venv
 		$(foreach r,$(HEAD_ROWS),--checkpoint runs/$(r)) --out results/one_step_tetris_heads
 	$(PY) evaluate.py --game tetris --lockstep --starts 1 --lockstep-temperatures shipped --checkpoint checkpoints/tetris \
 		$(foreach r,$(HEAD_ROWS),--checkpoint runs/$(r)) --out results/ablation_tetris_head
+
+# Issue #31, third round: from scratch at the shipped budget (configs/tetris_tiles.yaml's recipe: 2,500 batches of 32,
+# two self-fed steps each), one change a row: a trunk that sees one frame (history 1), and PlaceAttention with its
+# row-by-column product read. About 90 and 150 min side by side on one thread each. Each row is read one step ahead on
+# the held-out probe set (results/one_step_tetris_ROW.md) and beside the real game from the start of
+# results/ablation_tetris_head.md (results/scratch_tetris_ROW.md) and the 3 starts of results/lockstep3_tetris.md
+# (results/scratch3_tetris_ROW.md), whose shipped rows are the control; about 3 and 10 min each on one thread.
+SCRATCH_ROWS = tetris_h1 tetris_place
+ablation-tetris-scratch: venv
+	for r in $(SCRATCH_ROWS); do mkdir -p runs/$$r && cp checkpoints/tetris/autoencoder.pt runs/$$r/ || exit 1; \
+		$(PY) train.py --config configs/ablations/$$r.yaml --dataset data/tetris_train_l0_19 --stage dynamics --out runs/$$r || exit 1; \
+		$(PY) evaluate.py --one-step 1000 --dataset data/tetris_probe --checkpoint runs/$$r --out results/one_step_$$r || exit 1; \
+		$(PY) evaluate.py --game tetris --lockstep --starts 1 --lockstep-temperatures shipped --checkpoint runs/$$r \
+			--out results/scratch_$$r || exit 1; \
+		$(PY) evaluate.py --game tetris --lockstep --starts 3 --lockstep-temperatures shipped --checkpoint runs/$$r \
+			--out results/scratch3_$$r || exit 1; done
 
 # What ships in checkpoints/tetris_latent (phases 2 and 3): the phase 1 autoencoder, fine-tuned with a VGG16
 # perceptual loss and latent noise; VAE dynamics on it (4-step rollouts), then fine-tuned on 12-step
