@@ -134,7 +134,8 @@ ablation-tetris-head: venv
 
 # Issue #31, third round: from scratch at the shipped budget (configs/tetris_tiles.yaml's recipe: 2,500 batches of 32,
 # two self-fed steps each), one change a row: a trunk that sees one frame (history 1), and PlaceAttention with its
-# row-by-column product read. About 90 and 150 min side by side on one thread each. Each row is read one step ahead on
+# row-by-column product read, trained one after the other (86 and 142 min when run side by side on one thread each;
+# alone each is faster). Each row is read one step ahead on
 # the held-out probe set (results/one_step_tetris_ROW.md) and beside the real game from the start of
 # results/ablation_tetris_head.md (results/scratch_tetris_ROW.md) and the 3 starts of results/lockstep3_tetris.md
 # (results/scratch3_tetris_ROW.md), whose shipped rows are the control; about 3 and 10 min each on one thread.
